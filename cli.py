@@ -1,0 +1,8 @@
+"""featvlr command line, runnable from a checkout as ``python cli.py ...``.
+
+The installed console script ``featvlr`` runs the same typer app (``featvlr.cli``).
+"""
+from featvlr.cli import app, main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The ``featvlr`` typer application.
+
+Each command lives in ``featvlr/commands/<name>.py`` as a thin wrapper over a library
+function, and registers itself through ``register(app)``. Heavy imports (torch,
+sentence-transformers) happen inside the commands so that ``featvlr --help`` is instant.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from featvlr.commands import COMMAND_MODULES
+from featvlr.errors import FeatvlrError
+
+app = typer.Typer(
+    name="featvlr",
+    help=(
+        "Precomputed-feature trainer for vision-language retrieval.\n\n"
+        "Cache frozen backbone features once (extract), train small heads in minutes "
+        "(train), and evaluate every retrieval scenario with the papers' protocols (eval). "
+        "Start with `featvlr demo`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+for _module in COMMAND_MODULES:
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the app; a :class:`FeatvlrError` becomes one line on stderr and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except FeatvlrError as exc:
+        print(f"featvlr: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,291 @@
+"""Typed run configuration: dataclasses are the schema, YAML gives values, ``--set`` overrides.
+
+A config has shared sections (``data``, ``train``, ``eval``) and two method-specific ones
+(``model``, ``loss``) whose schema is the chosen method's ``ModelOptions`` / ``LossOptions``
+dataclass. Unknown keys and values of the wrong type are errors that name the key and
+suggest the closest valid one.
+
+Example::
+
+    cfg = load_config("configs/f30k_vse.yaml", ["train.lr=3e-4", "loss.margin=0.1"])
+    save_config(cfg, "runs/x/config.yaml")
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from featvlr.errors import ConfigError, InputError
+
+
+@dataclass
+class DataConfig:
+    """Where the features are and how batches are made."""
+
+    cache: str = "features/demo.h5"
+    # Dataset name; selects evaluation protocols (coco: 5K + 5-fold 1K).
+    dataset: str = "demo"
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+    # Build the built-in demo dataset at `cache` first when it does not exist.
+    build_demo: bool = False
+    # VSE-infinity region dropout probability during training (0 disables it).
+    region_dropout: float = 0.2
+    # Read the split into RAM: "auto" (when it fits in `in_memory_max_gb`), "yes" or "no".
+    in_memory: str = "auto"
+    in_memory_max_gb: float = 4.0
+    num_workers: int = 0
+    # Truncate token sequences to this many tokens (0 keeps all).
+    max_tokens: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, checkpointing and logging."""
+
+    epochs: int = 25
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    # "step" (lr x lr_gamma at each epoch in lr_steps), "cosine" or "constant".
+    schedule: str = "step"
+    lr_steps: list[int] = field(default_factory=lambda: [15])
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float = 2.0
+    # Automatic mixed precision (bf16/fp16 autocast); used on CUDA only.
+    amp: bool = True
+    seed: int = 0
+    # "auto" picks CUDA when present, else CPU.
+    device: str = "auto"
+    compile: bool = False
+    # Split used to choose best.pt; choosing on the test split needs allow_test_selection.
+    select_split: str = "dev"
+    allow_test_selection: bool = False
+    # Metric (a key of the evaluation results) that chooses best.pt; higher is better.
+    select_metric: str = "rsum"
+    eval_every: int = 1
+    # Cap on optimiser steps per epoch (0: the whole split); for quick ablations.
+    max_steps_per_epoch: int = 0
+    log_every: int = 20
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol."""
+
+    scenarios: list[str] = field(default_factory=lambda: ["i2t", "t2i", "i2i", "t2t", "i2it", "t2it"])
+    # COCO 1K: 5 folds of 1000 images averaged (reported next to 5K when dataset is coco).
+    folds: int = 1
+    ndcg_ks: list[int] = field(default_factory=lambda: [10, 20, 50])
+    ndcg_exp_k: int = 25
+    batch_size: int = 512
+    # Largest number of query x gallery scores held at once by the chunked ranker.
+    chunk_elements: int = 50_000_000
+    # Scenarios evaluated on the dev split each epoch (cheap: cross-modal only by default).
+    dev_scenarios: list[str] = field(default_factory=lambda: ["i2t", "t2i"])
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    method: str = "vse"
+    name: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: Any = None
+    loss: Any = None
+
+
+# --------------------------------------------------------------------------------------
+# building and validating
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build_dataclass(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Instantiate ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (values or {}).items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if nxt is None:
+            nxt = cur[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` -> ``("train.lr", 3e-4)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a plain dict (e.g. a YAML file or a checkpoint's config) into a :class:`Config`."""
+    from featvlr.methods.registry import get_method
+
+    raw = dict(raw or {})
+    top = [f.name for f in dataclasses.fields(Config)]
+    for key in raw:
+        if key not in top:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, top)}")
+    method_name = raw.get("method", "vse")
+    if not isinstance(method_name, str):
+        raise ConfigError(f"method: expected a name, got {method_name!r}")
+    method = get_method(method_name)
+    return Config(
+        method=method_name,
+        name=_coerce(raw.get("name", ""), str, "name"),
+        data=build_dataclass(DataConfig, raw.get("data") or {}, "data"),
+        train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
+        eval=build_dataclass(EvalConfig, raw.get("eval") or {}, "eval"),
+        model=build_dataclass(method.ModelOptions, raw.get("model") or {}, "model"),
+        loss=build_dataclass(method.LossOptions, raw.get("loss") or {}, "loss"),
+    )
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, "a config must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate."""
+    raw = dict(base or {})
+    if path is not None:
+        raw.update(read_yaml(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(raw, key, value)
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-data form (what goes into config.yaml and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

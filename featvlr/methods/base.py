@@ -1,0 +1,126 @@
+"""The method contract: a model plus a loss recipe that the trainer drives without knowing it.
+
+A method is an ``nn.Module`` registered by name (:func:`featvlr.methods.register_method`).
+It declares two option dataclasses, ``ModelOptions`` and ``LossOptions``; the config's
+``model:`` and ``loss:`` sections are validated against them, so ``--set loss.margin=0.1``
+works for every method and a typo is an error naming the closest key.
+
+Training: ``training_step(batch, state)`` returns a dict of named tensors. Keys ending in
+``_loss`` are summed by the trainer into the loss it back-propagates; every other key is a
+detached scalar that is only logged.
+
+Evaluation (``task = "cross_modal"``): ``encode_images(batch)`` and ``encode_texts(batch)``
+return ``[B, d]`` L2-normalised embeddings scored by dot product. A token-level method sets
+``pairwise = True``: its encoders may return a dict of tensors (padded token features and
+masks, concatenated along dim 0 by the evaluator) and ``score(images, texts)`` gives the
+``[n_img, n_txt]`` block of scores of two such dicts.
+
+Evaluation (``task = "composed"``): ``encode_queries(batch)`` embeds (reference, modifier)
+queries and ``encode_images(batch)`` the gallery.
+
+Cross-modal batches (built by :mod:`featvlr.data`), one item per caption in training:
+
+================  ===================  ====================================================
+key               shape / dtype        meaning
+================  ===================  ====================================================
+regions           [B, R, D] float      region features, valid ones first, zero padded
+region_mask       [B, R] bool          True on valid regions
+region_lengths    [B] long             number of valid regions
+tokens            [B, L, Dt] float     token features, zero padded
+token_mask        [B, L] bool          True on valid tokens
+token_lengths     [B] long             number of valid tokens
+pooled_text       [B, Dt] float        pooled sentence embedding of the caption
+global_image      [B, Dg] float        global image vector (only if the cache has one)
+image_ids         [B] long             image row in the split (positives share it)
+text_ids          [B] long             caption row in the split
+================  ===================  ====================================================
+
+Image-only batches (``encode_images``) carry the image keys, text-only batches the text keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FeatureDims:
+    """Feature sizes of the cache a method is built for."""
+
+    region_dim: int = 0
+    n_regions: int = 0
+    text_dim: int = 0
+    global_dim: int = 0
+
+
+@dataclass
+class StepState:
+    """Where the trainer is; methods use it for warm-ups (epochs or iterations)."""
+
+    epoch: int = 0
+    step: int = 0  # global optimiser step, counted from 0
+    steps_per_epoch: int = 1
+    world_size: int = 1
+
+
+@dataclass
+class NoOptions:
+    """Options dataclass for a method section that takes none."""
+
+
+class Method(nn.Module):
+    """Base class of every method; see the module docstring for the contract."""
+
+    name: ClassVar[str] = "base"
+    task: ClassVar[str] = "cross_modal"  # or "composed"
+    pairwise: ClassVar[bool] = False
+    ModelOptions: ClassVar[type] = NoOptions
+    LossOptions: ClassVar[type] = NoOptions
+
+    def __init__(self, model: Any, loss: Any, dims: FeatureDims):
+        super().__init__()
+        self.model_opts = model
+        self.loss_opts = loss
+        self.dims = dims
+
+    # -- training ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], state: StepState) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups; by default no weight decay on biases and norm weights.
+
+        Methods with per-module learning rates (the papers use them) override this and set
+        ``lr`` per group.
+        """
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+                  {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    @classmethod
+    def prepare(cls, config: Any, run_dir: Any) -> Any:
+        """Hook run before training: a multi-stage method may train a prerequisite run here
+        (RVLR's base, GLS's stage 1) and return the config updated to point at it."""
+        return config
+
+    # -- evaluation ----------------------------------------------------------------------
+    def encode_images(self, batch: dict[str, torch.Tensor]) -> Any:
+        raise NotImplementedError
+
+    def encode_texts(self, batch: dict[str, torch.Tensor]) -> Any:
+        raise NotImplementedError
+
+    def encode_queries(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, images: Any, texts: Any) -> torch.Tensor:
+        """``[n_img, n_txt]`` scores of two blocks of encoder outputs (pairwise methods)."""
+        return images @ texts.t()
