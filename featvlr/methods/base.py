@@ -87,6 +87,10 @@ class Method(nn.Module):
         self.dims = dims
 
     # -- training ------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], state: StepState) -> dict[str, torch.Tensor]:
+        """The trainer calls the module (so DistributedDataParallel sees the forward)."""
+        return self.training_step(batch, state)
+
     def training_step(self, batch: dict[str, torch.Tensor], state: StepState) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

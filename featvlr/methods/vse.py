@@ -1,0 +1,135 @@
+"""``vse``: the VSE++ / VSE-infinity baseline on frozen features.
+
+Faghri et al., "VSE++: Improving Visual-Semantic Embeddings with Hard Negatives", BMVC 2018;
+Chen et al., "Learning the Best Pooling Strategy for Visual Semantic Embedding", CVPR 2021.
+
+Image: regions -> ``Linear + MLP`` (:class:`RegionProjection`) -> GPO -> L2 norm.
+Text: frozen token features -> ``Linear`` -> GPO -> L2 norm.
+Loss: the VSE++ hinge (margin 0.2), summing over negatives during ``warmup_epochs``
+epochs and taking the hardest negative afterwards; or soft-id InfoNCE. ``id_mask`` (on by
+default) keeps other captions of the same image from being negatives; off reproduces VSE++.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featvlr.distributed import gather_no_grad, gather_with_grad
+from featvlr.errors import ConfigError
+from featvlr.losses import HingeLoss, SoftIdInfoNCE
+from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.registry import register_method
+from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean, xavier_linear
+
+
+@dataclass
+class VSEModelOptions:
+    embed_dim: int = 1024
+    # Pooling of projected tokens: "gpo" (VSE-infinity), "mean", "max" or "max2".
+    pooling: str = "gpo"
+    # BatchNorm statistics over padded regions too (the peer code's behaviour).
+    bn_over_padding: bool = True
+    # Text projection: "linear" (VSE-infinity over BERT tokens) or "mlp" (Linear + MLP like images).
+    text_head: str = "linear"
+
+
+@dataclass
+class VSELossOptions:
+    # "hinge" (VSE++) or "infonce" (soft image-id targets, learnable clamped temperature).
+    kind: str = "hinge"
+    margin: float = 0.2
+    # Hinge: sum over negatives for this many epochs, then the hardest negative.
+    warmup_epochs: int = 1
+    max_violation: bool = True
+    # Captions of the same image are not negatives (off reproduces VSE++).
+    id_mask: bool = True
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+
+
+def pool_tokens(kind: str, gpo: nn.Module | None, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if kind == "gpo":
+        return gpo(x, mask)
+    if kind == "mean":
+        return masked_mean(x, mask)
+    if kind == "max":
+        return maxk_pool(x, mask, 1)
+    if kind == "max2":
+        return maxk_pool(x, mask, 2)
+    raise ConfigError(f"model.pooling: unknown pooling {kind!r} (gpo, mean, max, max2)")
+
+
+class VSEEncoders(nn.Module):
+    """The two towers of VSE-infinity; HREM and the distillation methods reuse them."""
+
+    def __init__(self, opts: VSEModelOptions, dims: FeatureDims):
+        super().__init__()
+        if opts.pooling not in ("gpo", "mean", "max", "max2"):
+            raise ConfigError(f"model.pooling: unknown pooling {opts.pooling!r} (gpo, mean, max, max2)")
+        self.opts = opts
+        self.image_proj = RegionProjection(dims.region_dim, opts.embed_dim, bn_over_padding=opts.bn_over_padding)
+        if opts.text_head == "linear":
+            self.text_proj = xavier_linear(dims.text_dim, opts.embed_dim)
+        elif opts.text_head == "mlp":
+            self.text_proj = RegionProjection(dims.text_dim, opts.embed_dim, bn_over_padding=opts.bn_over_padding)
+        else:
+            raise ConfigError(f"model.text_head: unknown head {opts.text_head!r} (linear, mlp)")
+        self.image_gpo = GPO(32, 32) if opts.pooling == "gpo" else None
+        self.text_gpo = GPO(32, 32) if opts.pooling == "gpo" else None
+
+    def encode_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.image_proj(batch["regions"], batch["region_mask"])
+        return F.normalize(pool_tokens(self.opts.pooling, self.image_gpo, x, batch["region_mask"]), dim=-1)
+
+    def encode_texts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens, mask = batch["tokens"], batch["token_mask"]
+        x = self.text_proj(tokens) if self.opts.text_head == "linear" else self.text_proj(tokens, mask)
+        return F.normalize(pool_tokens(self.opts.pooling, self.text_gpo, x, mask), dim=-1)
+
+
+def build_cross_modal_loss(opts: VSELossOptions) -> nn.Module:
+    if opts.kind == "hinge":
+        return HingeLoss(margin=opts.margin)
+    if opts.kind == "infonce":
+        return SoftIdInfoNCE(temperature=opts.temperature, learnable=opts.learnable_temperature)
+    raise ConfigError(f"loss.kind: unknown loss {opts.kind!r} (hinge, infonce)")
+
+
+def cross_modal_loss(criterion: nn.Module, opts: VSELossOptions, v: torch.Tensor, t: torch.Tensor,
+                     image_ids: torch.Tensor, state: StepState) -> torch.Tensor:
+    """The hinge (with its warm-up epochs) or InfoNCE on (already gathered) embeddings."""
+    if isinstance(criterion, HingeLoss):
+        hardest = opts.max_violation and state.epoch >= opts.warmup_epochs
+        return criterion(v @ t.t(), max_violation=hardest, image_ids=image_ids if opts.id_mask else None)
+    return criterion(v, t, image_ids)
+
+
+@register_method("vse")
+class VSE(Method):
+    """VSE++ / VSE-infinity dual encoder (see the module docstring)."""
+
+    ModelOptions = VSEModelOptions
+    LossOptions = VSELossOptions
+
+    def __init__(self, model: VSEModelOptions, loss: VSELossOptions, dims: FeatureDims):
+        super().__init__(model, loss, dims)
+        self.encoders = VSEEncoders(model, dims)
+        self.criterion = build_cross_modal_loss(loss)
+
+    def encode_images(self, batch):
+        return self.encoders.encode_images(batch)
+
+    def encode_texts(self, batch):
+        return self.encoders.encode_texts(batch)
+
+    def training_step(self, batch, state: StepState):
+        v = gather_with_grad(self.encode_images(batch))
+        t = gather_with_grad(self.encode_texts(batch))
+        ids = gather_no_grad(batch["image_ids"])
+        out = {"contrastive_loss": cross_modal_loss(self.criterion, self.loss_opts, v, t, ids, state)}
+        if isinstance(self.criterion, SoftIdInfoNCE):
+            out["temperature"] = self.criterion.tau.detach()
+        return out

@@ -1,0 +1,57 @@
+"""Projection heads from frozen features to the joint embedding space."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def xavier_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
+    """``nn.Linear`` with Xavier-uniform weights and zero bias (VSE++ / VSE-infinity init)."""
+    layer = nn.Linear(in_dim, out_dim, bias=bias)
+    nn.init.xavier_uniform_(layer.weight)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm1d over the tokens of a padded batch ``[B, L, C]``.
+
+    ``over_padding=True`` is the VSE-infinity / HREM code's behaviour: statistics include
+    the zero-padded positions. ``False`` normalises with the statistics of valid tokens only
+    (padding stays zero); this changes numbers when lengths vary (region dropout).
+    """
+
+    def __init__(self, channels: int, over_padding: bool = True):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels)
+        self.over_padding = over_padding
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, l, c = x.shape
+        if self.over_padding:
+            return self.bn(x.reshape(b * l, c)).reshape(b, l, c)
+        out = torch.zeros_like(x)
+        out[mask] = self.bn(x[mask])
+        return out
+
+
+class RegionProjection(nn.Module):
+    """``Linear(D -> d)(r) + MLP(r)`` with ``MLP = Linear(D -> d/2) -> BN -> ReLU -> Linear(d/2 -> d)``.
+
+    The "basic" precomp image encoder of VSE-infinity (Chen et al., CVPR 2021), reused by
+    HREM (Fu et al., CVPR 2023). Xavier-uniform init on the linear layers. Input regions
+    ``[B, R, D]`` and mask ``[B, R]``; output ``[B, R, d]`` (un-normalised, pre-pooling).
+    """
+
+    def __init__(self, in_dim: int, embed_dim: int, *, bn_over_padding: bool = True):
+        super().__init__()
+        hidden = embed_dim // 2
+        self.fc = xavier_linear(in_dim, embed_dim)
+        self.mlp_in = xavier_linear(in_dim, hidden)
+        self.bn = TokenBatchNorm(hidden, over_padding=bn_over_padding)
+        self.mlp_out = xavier_linear(hidden, embed_dim)
+
+    def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.mlp_in(regions), mask))
+        return self.fc(regions) + self.mlp_out(h)
