@@ -38,3 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     except FeatvlrError as exc:
         print(f"featvlr: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

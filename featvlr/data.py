@@ -37,16 +37,16 @@ def pad_tokens(seqs: list[np.ndarray], dim: int, max_tokens: int = 0) -> tuple[n
 
 
 def region_batch(split: StoreSplit, rows: np.ndarray, *, dropout: float = 0.0,
-                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+                 uniform: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Regions of image ``rows`` with their mask; with ``dropout`` each region is dropped with
     that probability (VSE-infinity's size augmentation; at least one region is kept), and the
-    kept regions are moved to the front."""
+    kept regions are moved to the front. ``uniform [len(rows), R]`` holds the random draws."""
     regions = split.regions(rows).astype(np.float32, copy=False)
     lengths = split.region_lengths(rows)
     b, r, _ = regions.shape
     valid = np.arange(r)[None, :] < lengths[:, None]
-    if dropout > 0 and rng is not None:
-        keep = (rng.random((b, r)) > dropout) & valid
+    if dropout > 0 and uniform is not None:
+        keep = (uniform > dropout) & valid
         empty = ~keep.any(1)
         keep[empty, 0] = True
         order = np.argsort(~keep, axis=1, kind="stable")
@@ -134,8 +134,13 @@ class CaptionBatches(Dataset):
     def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
         captions = self.caption_rows(b)
         images = self.image_index[captions]
-        rng = np.random.default_rng([self.seed, self.epoch, b, 1 + self.rank])
-        batch = region_batch(self.split, images, dropout=self.region_dropout, rng=rng)
+        uniform = None
+        if self.region_dropout > 0:
+            # Draws for the whole global batch, sliced: the same regions drop whatever the ranks.
+            share = self.batch_size // self.world_size
+            draws = np.random.default_rng([self.seed, self.epoch, b]).random((self.batch_size, self.split.n_regions))
+            uniform = draws[self.rank * share:(self.rank + 1) * share]
+        batch = region_batch(self.split, images, dropout=self.region_dropout, uniform=uniform)
         batch.update(text_batch(self.split, captions, max_tokens=self.max_tokens))
         if self.has_global:
             batch["global_image"] = self.split.global_features(images).astype(np.float32, copy=False)

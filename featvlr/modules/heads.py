@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from featvlr.distributed import world_size
+
 
 def xavier_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
     """``nn.Linear`` with Xavier-uniform weights and zero bias (VSE++ / VSE-infinity init)."""
@@ -30,10 +32,40 @@ class TokenBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
         if self.over_padding:
-            return self.bn(x.reshape(b * l, c)).reshape(b, l, c)
+            return self._bn(x.reshape(b * l, c)).reshape(b, l, c)
         out = torch.zeros_like(x)
-        out[mask] = self.bn(x[mask])
+        out[mask] = self._bn(x[mask])
         return out
+
+    def _bn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and world_size() > 1:
+            return synced_batch_norm(self.bn, x)
+        return self.bn(x)
+
+
+def synced_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode batch norm of ``x [n, C]`` with statistics over all ranks' rows.
+
+    Differentiable all-reduces (``torch.distributed.nn``) make one step under DDP equal one
+    step of a single process on the global batch, on CPU (gloo) as on GPU; ``SyncBatchNorm``
+    supports GPUs only.
+    """
+    from torch.distributed.nn.functional import all_reduce
+
+    n = x.new_tensor([float(x.shape[0])])
+    torch.distributed.all_reduce(n)
+    mean = all_reduce(x.sum(0)) / n
+    var = all_reduce(((x - mean) ** 2).sum(0)) / n
+    y = (x - mean) / torch.sqrt(var + bn.eps)
+    if bn.affine:
+        y = y * bn.weight + bn.bias
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            m = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
+            bn.num_batches_tracked.add_(1)
+    return y
 
 
 class RegionProjection(nn.Module):

@@ -1,0 +1,76 @@
+"""Run logging: JSON lines (canonical), optional TensorBoard, and an epoch progress bar."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class _Bar:
+    """tqdm bar with loss and items/s, or a no-op when disabled."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int = 1, **postfix: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RunLogger:
+    """Appends one JSON object per line to ``<run_dir>/log.jsonl`` (with a wall-clock ``time``),
+    mirrors numeric values to TensorBoard when asked, and prints short epoch lines."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False, quiet: bool = False):
+        self.enabled = enabled
+        self.quiet = quiet
+        self.path = Path(run_dir) / "log.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # tensorboard is an optional extra
+                raise ImportError("train.tensorboard=true needs `pip install featvlr[tensorboard]`") from exc
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+        if self.tb is not None and "step" in record:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("time", "step", "epoch"):
+                    self.tb.add_scalar(f"{record.get('event', 'log')}/{key}", value, record["step"])
+
+    def echo(self, line: str) -> None:
+        if self.enabled and not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    def progress(self, total: int, desc: str, enabled: bool = True) -> _Bar:
+        return _Bar(total, desc, enabled and self.enabled)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's ``log.jsonl``."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,356 @@
+"""The trainer: one loop for every method, which it knows only through the Method contract.
+
+One process (CUDA when present, else CPU)::
+
+    featvlr train --config configs/f30k_vse.yaml --set train.lr=3e-4 --out runs/f30k_vse
+
+Several GPUs (or several CPU processes with gloo) on one machine::
+
+    torchrun --nproc_per_node 2 -m featvlr.cli train --config configs/f30k_vse.yaml
+
+Each epoch: batches from :mod:`featvlr.data` (one item = one global batch, this rank's
+share), ``method(batch, state)`` returns named losses, the ``*_loss`` keys are summed and
+back-propagated (AMP on CUDA), gradients clipped, AdamW and the schedule step; then the
+dev split is evaluated, ``ckpt/last.pt`` is written atomically and ``ckpt/best.pt`` when
+the selection metric improves. ``--resume`` restores model, optimiser, scheduler, scaler,
+epoch and RNG state. A NaN or inf loss stops the run and keeps the last good checkpoint.
+At the end the best checkpoint is evaluated on the test split (``eval/test.json``).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from featvlr import distributed as dist_utils
+from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from featvlr.config import Config, config_to_dict, save_config
+from featvlr.errors import ConfigError, FeatvlrError, InputError
+from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.registry import get_method
+from featvlr.runlog import RunLogger
+from featvlr.store import FeatureStore, StoreSplit
+
+
+class TrainingDiverged(FeatvlrError):
+    """The loss became NaN or inf."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = -1
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+    epochs_run: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available")
+    return torch.device(name)
+
+
+def lr_factor(step: int, *, schedule: str, warmup_steps: int, steps_per_epoch: int, total_steps: int,
+              lr_steps: list[int], lr_gamma: float) -> float:
+    """Learning-rate multiplier at optimiser step ``step``: linear warm-up, then step/cosine/constant."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        factor *= lr_gamma ** sum(epoch >= m for m in lr_steps)
+    elif schedule == "cosine":
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, max(0, step - warmup_steps) / span)
+        factor *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif schedule != "constant":
+        raise ConfigError(f"train.schedule: unknown schedule {schedule!r} (step, cosine, constant)")
+    return factor
+
+
+def feature_dims(split: StoreSplit) -> FeatureDims:
+    dims = FeatureDims()
+    if split.has_regions:
+        dims.region_dim, dims.n_regions = split.region_dim, split.n_regions
+    if split.n_texts:
+        dims.text_dim = split.text_dim
+    if split.has(f"images/{split.name}/global"):
+        dims.global_dim = int(split.store.dataset(f"images/{split.name}/global").shape[-1])
+    return dims
+
+
+def maybe_build_demo(cfg: Config) -> None:
+    """Build the built-in demo cache named by ``data.cache`` when a demo config asks for it."""
+    cache = Path(cfg.data.cache)
+    if cache.exists() or not cfg.data.build_demo:
+        return
+    from featvlr.demo_run import build_demo_caches
+
+    if dist_utils.is_main():
+        build_demo_caches(cache_dir=cache.parent)
+    dist_utils.barrier()
+    if not cache.exists():
+        raise InputError(cache, "the demo build did not produce this cache (check data.cache in the config)")
+
+
+def _select_split(cfg: Config) -> str:
+    split = cfg.train.select_split
+    if split == cfg.data.test_split and not cfg.train.allow_test_selection:
+        raise ConfigError(
+            f"train.select_split={split!r} chooses best.pt on the test split; set "
+            "train.allow_test_selection=true to do that knowingly (the papers' honest protocol selects on dev)")
+    return split
+
+
+def _in_memory(cfg: Config, split: StoreSplit) -> bool:
+    mode = cfg.data.in_memory
+    if mode not in ("auto", "yes", "no"):
+        raise ConfigError(f"data.in_memory: expected auto, yes or no, got {mode!r}")
+    if mode != "auto":
+        return mode == "yes"
+    size = 0
+    for key in (split.k_regions, split.k_tokens, split.k_pooled, split.k_global):
+        if split.store.has(key):
+            ds = split.store.dataset(key)
+            size += ds.size * ds.dtype.itemsize
+    return size <= cfg.data.in_memory_max_gb * (1 << 30)
+
+
+def build_batches(method_cls: type[Method], cfg: Config, split: StoreSplit, *, rank: int, world: int):
+    common = dict(batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank, world_size=world,
+                  max_batches=cfg.train.max_steps_per_epoch)
+    try:
+        if method_cls.task == "composed":
+            from featvlr.data_composed import ComposedBatches
+
+            return ComposedBatches(split, **common)
+        from featvlr.data import CaptionBatches
+
+        return CaptionBatches(split, region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens,
+                              **common)
+    except ValueError as exc:
+        raise InputError(split.store.path, str(exc)) from None
+
+
+def evaluate(method: Method, split: StoreSplit, cfg: Config, scenarios: list[str], device) -> dict[str, Any]:
+    """Metrics of ``method`` on ``split`` for the given scenarios (rank 0 only)."""
+    from featvlr.validate import evaluate_split
+
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            return evaluate_split(method, split, cfg, scenarios, device)
+    finally:
+        method.train(was_training)
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` and evaluate its best checkpoint on the test split."""
+    run_dir = Path(run_dir)
+    method_cls = get_method(cfg.method)
+    device = pick_device(cfg.train.device)
+    distributed = dist_utils.init_from_env(device.type)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    is_main = rank == 0
+    select_split = _select_split(cfg)
+    maybe_build_demo(cfg)
+
+    if (run_dir / "ckpt" / "last.pt").exists() and not resume:
+        raise InputError(run_dir, "the run folder has a checkpoint already; pass --resume to continue it or "
+                         "choose another --out")
+    cfg = method_cls.prepare(cfg, run_dir)
+    seed_everything(cfg.train.seed + rank)
+
+    store = FeatureStore(cfg.data.cache)
+    train_split = store.split(cfg.data.train_split)
+    if _in_memory(cfg, train_split):
+        train_split.load_in_memory()
+    dims = feature_dims(train_split)
+    method = method_cls(cfg.model, cfg.loss, dims).to(device)
+    batches = build_batches(method_cls, cfg, train_split, rank=rank, world=world)
+    steps_per_epoch = len(batches)
+    total_steps = steps_per_epoch * cfg.train.epochs
+
+    optimizer = torch.optim.AdamW(method.param_groups(cfg.train.lr, cfg.train.weight_decay),
+                                  lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    tr = cfg.train
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, schedule=tr.schedule, warmup_steps=tr.warmup_steps, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, lr_steps=tr.lr_steps, lr_gamma=tr.lr_gamma))
+    use_amp = tr.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, step, best_value, best_epoch, best_metrics = 0, 0, -math.inf, -1, {}
+    if resume:
+        last = run_dir / "ckpt" / "last.pt"
+        if not last.exists():
+            raise InputError(run_dir, "--resume: the run folder has no ckpt/last.pt")
+        ckpt = load_checkpoint(last)
+        method.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        best_value = float(ckpt["best_value"])
+        best_epoch = int(ckpt["best_epoch"])
+        best_metrics = dict(ckpt.get("best_metrics", {}))
+        set_rng_state(ckpt["rng"])
+
+    model: torch.nn.Module = method
+    if distributed:
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)
+    if tr.compile:
+        model = torch.compile(model)
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    logger = RunLogger(run_dir, enabled=is_main, tensorboard=tr.tensorboard)
+    if is_main and not resume:
+        logger.log({"event": "start", "method": cfg.method, "device": str(device), "world_size": world,
+                    "steps_per_epoch": steps_per_epoch, "parameters": sum(p.numel() for p in method.parameters())})
+
+    def checkpoint_payload(epoch_done: int) -> dict[str, Any]:
+        return {
+            "method": cfg.method, "config": config_to_dict(cfg), "dims": vars(dims).copy(),
+            "model": method.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "epoch": epoch_done, "step": step, "best_value": best_value, "best_epoch": best_epoch,
+            "best_metrics": best_metrics, "rng": rng_state(),
+        }
+
+    from featvlr.data import batch_loader, move_to
+
+    select_key = tr.select_metric
+    for epoch in range(start_epoch, tr.epochs):
+        method.train()
+        batches.set_epoch(epoch)
+        loader = batch_loader(batches, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        bar = logger.progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tr.epochs}",
+                              enabled=is_main and tr.progress)
+        t0, items, sums = time.perf_counter(), 0, {}
+        for b, batch in enumerate(loader):
+            batch = move_to(batch, device)
+            state = StepState(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, world_size=world)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                out = model(batch, state)
+            losses = {k: v for k, v in out.items() if k.endswith("_loss")}
+            if not losses:
+                raise FeatvlrError(f"method {cfg.method!r} returned no '*_loss' key from training_step")
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                where = run_dir / "ckpt" / "last.pt"
+                kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
+                raise TrainingDiverged(
+                    f"loss is {total.item()} at epoch {epoch + 1}, step {step} "
+                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); {kept}. "
+                    "Try a lower train.lr or train.amp=false.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if tr.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(method.parameters(), tr.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            n_items = batch["image_ids"].shape[0] * world if "image_ids" in batch else tr.batch_size
+            items += n_items
+            values = {k: float(v.detach()) for k, v in out.items() if v.numel() == 1}
+            values["loss"] = float(total.detach())
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            rate = items / max(1e-9, time.perf_counter() - t0)
+            bar.update(1, loss=values["loss"], items_s=rate)
+            if is_main and (step % tr.log_every == 0 or b == steps_per_epoch - 1):
+                logger.log({"event": "step", "epoch": epoch + 1, "step": step,
+                            "lr": optimizer.param_groups[0]["lr"], "items_per_s": rate, **values})
+        bar.close()
+        epoch_time = time.perf_counter() - t0
+        record = {"event": "epoch", "epoch": epoch + 1, "step": step, "time_s": epoch_time,
+                  "items_per_s": items / max(1e-9, epoch_time),
+                  **{f"train_{k}": v / max(1, steps_per_epoch) for k, v in sums.items()}}
+        if is_main:
+            metrics: dict[str, Any] = {}
+            if tr.eval_every and ((epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs):
+                metrics = evaluate(method, store.split(select_split), cfg, cfg.eval.dev_scenarios, device)
+                if select_key not in metrics:
+                    raise ConfigError(f"train.select_metric={select_key!r} is not among the evaluation's "
+                                      f"metrics ({', '.join(sorted(metrics))})")
+                record.update({f"{select_split}/{k}": v for k, v in metrics.items()
+                               if isinstance(v, (int, float))})
+                if metrics[select_key] > best_value:
+                    best_value, best_epoch, best_metrics = float(metrics[select_key]), epoch + 1, metrics
+                    save_checkpoint(run_dir / "ckpt" / "best.pt", checkpoint_payload(epoch + 1))
+            save_checkpoint(run_dir / "ckpt" / "last.pt", checkpoint_payload(epoch + 1))
+            logger.log(record)
+            logger.echo(f"epoch {epoch + 1}: loss {record.get('train_loss', float('nan')):.4f}"
+                        + (f", {select_split} {select_key} {metrics[select_key]:.2f}" if metrics else "")
+                        + f" ({record['items_per_s']:.0f} items/s)")
+        dist_utils.barrier()
+
+    result = TrainResult(run_dir=run_dir, best_metrics=best_metrics, best_epoch=best_epoch,
+                         epochs_run=tr.epochs - start_epoch)
+    if is_main:
+        if not (run_dir / "ckpt" / "best.pt").exists():
+            save_checkpoint(run_dir / "ckpt" / "best.pt", checkpoint_payload(tr.epochs))
+        best = load_checkpoint(run_dir / "ckpt" / "best.pt")
+        method.load_state_dict(best["model"])
+        if cfg.data.test_split and cfg.data.test_split in store.splits():
+            from featvlr.validate import write_eval
+
+            result.test_metrics = write_eval(method, store.split(cfg.data.test_split), cfg, device,
+                                             run_dir / "eval" / f"{cfg.data.test_split}.json",
+                                             checkpoint=run_dir / "ckpt" / "best.pt")
+            logger.log({"event": "test", **{k: v for k, v in _flatten(result.test_metrics).items()}})
+    logger.close()
+    dist_utils.barrier()
+    return result
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        elif isinstance(v, (int, float, str)):
+            out[key] = v
+    return out
+
+
+def train_from_files(config: str | Path, overrides: list[str], out: str | Path | None, *, resume: bool = False
+                     ) -> TrainResult:
+    """``featvlr train``: load the config, choose the run folder, train."""
+    from featvlr.config import load_config
+
+    cfg = load_config(config, overrides)
+    if out is None:
+        name = cfg.name or Path(config).stem
+        out = Path("runs") / name
+    return train(cfg, out, resume=resume)
+
+
+__all__ = ["TrainResult", "TrainingDiverged", "train", "train_from_files", "lr_factor", "seed_everything",
+           "pick_device", "feature_dims"]
