@@ -1,0 +1,73 @@
+"""`featvlr demo`: make the built-in dataset, extract it, train ``vse`` briefly, evaluate everything.
+
+The whole job a new user runs first::
+
+    featvlr demo --out demo
+
+writes ``demo/data`` (the raw dataset in the SCAN precomp and CIRR layouts),
+``demo/features/demo.h5`` and ``demo/features/demo_composed.h5`` (the caches), and
+``demo/runs/demo_vse`` (config, checkpoints, log, ``eval/test.json`` and plots).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from featvlr.errors import InputError
+
+DEMO_CACHE = "demo.h5"
+DEMO_COMPOSED_CACHE = "demo_composed.h5"
+
+
+def find_config(name: str) -> Path:
+    """A shipped config by file name: the checkout's ``configs/`` or the installed copy."""
+    candidates = [Path(__file__).resolve().parents[1] / "configs" / name,
+                  Path(sys.prefix) / "share" / "featvlr" / "configs" / name]
+    for path in candidates:
+        if path.exists():
+            return path
+    raise InputError(candidates[0], "shipped config not found (is featvlr installed from its checkout?)")
+
+
+def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, progress: bool = True,
+                      data_dir: str | Path | None = None) -> dict[str, Path]:
+    """Generate the demo dataset (if missing) and extract its caches (if missing).
+
+    Returns the paths of ``data``, ``cache`` (cross-modal) and ``composed_cache``.
+    """
+    from featvlr.demo import demo_is_complete, make_demo_dataset
+    from featvlr.sources.composed import extract_composed
+    from featvlr.sources.precomp import extract_precomp
+
+    cache_dir = Path(cache_dir)
+    data = Path(data_dir) if data_dir is not None else cache_dir / "demo_data"
+    if not demo_is_complete(data):
+        make_demo_dataset(data, seed=seed, overwrite=data.exists())
+    cache = cache_dir / DEMO_CACHE
+    if not cache.exists():
+        extract_precomp(data, cache, splits=["train", "dev", "test"], dtype="float32", progress=progress)
+    composed = cache_dir / DEMO_COMPOSED_CACHE
+    cirr = data / "cirr"
+    if not composed.exists() and cirr.exists():
+        aug = cirr / "image_features_aug.npz"
+        extract_composed("cirr", cirr, composed, image_features=cirr / "image_features.npz",
+                         aug_features=aug if aug.exists() else None, progress=progress)
+    return {"data": data, "cache": cache, "composed_cache": composed}
+
+
+def run_demo(out: str | Path = "demo", *, epochs: int | None = None, seed: int = 0,
+             overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Build, train and evaluate; returns the test results and where they are."""
+    from featvlr.config import load_config
+    from featvlr.train import train
+
+    out = Path(out)
+    paths = build_demo_caches(out / "features", seed=seed, progress=progress, data_dir=out / "data")
+    sets = [f"data.cache={paths['cache']}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
+    if epochs is not None:
+        sets.append(f"train.epochs={epochs}")
+    cfg = load_config(find_config("demo_vse.yaml"), sets + list(overrides or []))
+    run_dir = out / "runs" / "demo_vse"
+    result = train(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").exists())
+    return {"paths": paths, "run_dir": run_dir, "result": result}

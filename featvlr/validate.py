@@ -1,0 +1,51 @@
+"""The trainer's view of evaluation: which protocol a config asks for, and where results go.
+
+:func:`evaluate_split` is what the trainer calls on the dev split every epoch (cheap
+scenarios only) and :func:`write_eval` what it calls on the test split at the end (every
+scenario, a results JSON and plots). Both go through :func:`featvlr.scenarios.evaluate_method`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featvlr.config import Config
+
+
+def protocol_folds(cfg: Config, *, final: bool) -> int | tuple[int, ...]:
+    """COCO reports 5K and the 5-fold 1K average on the test split; every other dataset one fold."""
+    if final and cfg.eval.folds > 1:
+        return (1, cfg.eval.folds)
+    return 1
+
+
+def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, device, *, final: bool = False,
+                   curves: dict | None = None, submission_dir: Path | None = None) -> dict[str, float]:
+    """Flat metrics (``"i2t/R@1"``, ..., ``"rsum"``) of ``method`` on ``split``."""
+    from featvlr.scenarios import evaluate_method
+
+    kwargs: dict[str, Any] = dict(batch_size=cfg.eval.batch_size, device=device,
+                                  chunk_elements=cfg.eval.chunk_elements, curves=curves)
+    if getattr(method, "task", "cross_modal") == "composed":
+        return evaluate_method(method, split, ["composed"], submission_dir=submission_dir, **kwargs)
+    return evaluate_method(method, split, scenarios, protocol_folds(cfg, final=final),
+                           ndcg_ks=tuple(cfg.eval.ndcg_ks), ndcg_exp_k=cfg.eval.ndcg_exp_k,
+                           teran_ndcg=final, **kwargs)
+
+
+def write_eval(method, split, cfg: Config, device, path: str | Path, *, checkpoint: str | Path | None = None,
+               ) -> dict[str, Any]:
+    """Evaluate every configured scenario on ``split``; write the results JSON and plots at ``path``."""
+    from featvlr.evaluate import write_results
+
+    import time
+
+    curves: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        metrics = evaluate_split(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
+                                 submission_dir=Path(path).parent / "submission")
+    return write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
+                         seconds=time.perf_counter() - t0, checkpoint=checkpoint)
