@@ -438,7 +438,8 @@ class StoreSplit:
         for name, ds in self.store.h5[key].items():
             arr = ds[:]
             if ds.dtype.kind == "O":
-                arr = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in arr], dtype=object)
+                flat = [s.decode() if isinstance(s, bytes) else str(s) for s in arr.ravel()]
+                arr = np.array(flat, dtype=object).reshape(arr.shape)
             out[name] = arr
         return out
 

@@ -294,7 +294,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
         if is_main:
             metrics: dict[str, Any] = {}
             if tr.eval_every and ((epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs):
-                metrics = evaluate(method, store.split(select_split), cfg, cfg.eval.dev_scenarios, device)
+                # a composed FashionIQ dev split names per-category splits (val -> val_dress, ...)
+                dev = StoreSplit(store, select_split) if method_cls.task == "composed" else store.split(select_split)
+                metrics = evaluate(method, dev, cfg, cfg.eval.dev_scenarios, device)
                 if select_key not in metrics:
                     raise ConfigError(f"train.select_metric={select_key!r} is not among the evaluation's "
                                       f"metrics ({', '.join(sorted(metrics))})")

@@ -29,7 +29,11 @@ def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, devi
     kwargs: dict[str, Any] = dict(batch_size=cfg.eval.batch_size, device=device,
                                   chunk_elements=cfg.eval.chunk_elements, curves=curves)
     if getattr(method, "task", "cross_modal") == "composed":
-        return evaluate_method(method, split, ["composed"], submission_dir=submission_dir, **kwargs)
+        # the dataset's protocol; FashionIQ's "val" is its per-category splits val_<category>
+        from featvlr.data_composed import evaluate_composed_method
+
+        return evaluate_composed_method(method, split.name, store=split.store, dataset=cfg.data.dataset,
+                                        submission_dir=submission_dir, **kwargs)
     return evaluate_method(method, split, scenarios, protocol_folds(cfg, final=final),
                            ndcg_ks=tuple(cfg.eval.ndcg_ks), ndcg_exp_k=cfg.eval.ndcg_exp_k,
                            teran_ndcg=final, **kwargs)

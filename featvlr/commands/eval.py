@@ -1,8 +1,58 @@
-"""`featvlr eval` command."""
+"""`featvlr eval` command: a thin wrapper over :func:`featvlr.evaluate.run_eval`."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def eval_command(
+    target: Path | None = typer.Argument(None, help="Run folder or checkpoint (.pt) to evaluate.",
+                                         show_default=False),
+    split: str = typer.Option("test", help="Cache split to evaluate on."),
+    scenarios: str = typer.Option("all", help="'all', or a comma list of i2t,t2i,i2i,t2t,i2it,t2it,composed."),
+    json_path: Path | None = typer.Option(None, "--json", help="Results JSON (default: <run>/eval/<split>.json, "
+                                          "or beside the --embeddings/--sims file). Plots go beside it."),
+    embeddings: Path | None = typer.Option(None, help=".npz with 'images' [N, d] and 'texts' [T, d] "
+                                           "(or 'queries' and 'gallery') from any model."),
+    sims: Path | None = typer.Option(None, help=".npy [n_images, n_texts] similarity matrix from any model."),
+    cache: Path | None = typer.Option(None, help="Feature cache: caption -> image index, relevance, composed "
+                                      "data (default for a run: its config's data.cache)."),
+    relevance: Path | None = typer.Option(None, help="[n_texts, n_images] ROUGE-L relevance (.npy or TERAN's "
+                                          "raw float32); overrides the cache's."),
+    folds: str | None = typer.Option(None, help="Folds, e.g. '1,5' for COCO 5K and 1K (default: from the run's "
+                                     "config, else 1)."),
+    ks: str = typer.Option("1,5,10", help="Recall@K cut-offs."),
+    ndcg_ks: str | None = typer.Option(None, help="Linear-gain NDCG cut-offs (default 10,20,50)."),
+    ndcg_exp_k: int | None = typer.Option(None, help="Exponential-gain NDCG cut-off (default 25, TERAN)."),
+    t2t_without_siblings: bool = typer.Option(False, help="Also report t2t with the query's sibling captions "
+                                              "removed (t2t_nosiblings)."),
+    backend: str = typer.Option("exact", help="exact, or faiss-flat / faiss-ivf / faiss-hnsw (top-k lists; "
+                                "R@K only)."),
+    faiss_k: int = typer.Option(100, help="Top-k list length of the FAISS backend."),
+    composed_protocol: str = typer.Option("auto", help="auto, cirr, fashioniq or shoes."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:i]."),
+    batch_size: int | None = typer.Option(None, help="Embedding batch size (default: the run's eval.batch_size)."),
+    chunk_elements: int | None = typer.Option(None, help="Most query x gallery scores held at once "
+                                              "(default 50,000,000)."),
+    plots: bool = typer.Option(True, help="Write the Recall@K and per-scenario PNGs."),
+) -> None:
+    """Evaluate a run, or embeddings / a similarity matrix from any model, with featvlr's protocols.
+
+    \b
+    Examples:
+      featvlr eval runs/f30k_vse --split test --scenarios all
+      featvlr eval --embeddings mine.npz --cache features/f30k.h5 --split test --json mine.json
+      featvlr eval --sims sims.npy --relevance f30k-test-rougeL.npy --folds 1
+    """
+    from featvlr.evaluate import run_eval
+
+    run_eval(target, split=split, scenarios=scenarios, json_path=json_path, embeddings=embeddings, sims=sims,
+             cache=cache, relevance=relevance, folds=folds, ks=ks, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k,
+             device=device, batch_size=batch_size, chunk_elements=chunk_elements, backend=backend, faiss_k=faiss_k,
+             t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol, plots=plots)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the module's implementation)."""
+    """Add ``featvlr eval`` to the app."""
+    app.command("eval")(eval_command)

@@ -1,8 +1,126 @@
-"""`featvlr extract` command."""
+"""`featvlr extract`: cache frozen features of a dataset the user has on disk.
+
+Sub-commands are thin wrappers over :func:`featvlr.sources.precomp.extract_precomp` and
+:func:`featvlr.sources.composed.extract_composed`.
+"""
 from __future__ import annotations
+
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+extract_app = typer.Typer(
+    help=(
+        "Cache frozen features of a dataset into one HDF5 file (features/<name>.h5 by default).\n\n"
+        "`precomp`: SCAN/BUTD region features with captions (Flickr30K, COCO). "
+        "`composed`: CIRR, FashionIQ or Shoes composed-retrieval triplets."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+class Dtype(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Dataset(str, Enum):
+    cirr = "cirr"
+    fashioniq = "fashioniq"
+    shoes = "shoes"
+
+
+def _command_line() -> str:
+    return "featvlr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    return parts or None
+
+
+@extract_app.command("precomp")
+def precomp(
+    root: Path = typer.Option(..., "--root", help="Folder with {split}_ims.npy [N, R, D] and {split}_caps.txt "
+                                                  "(5 lines per image), optional {split}_ids.txt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache to write. Default: features/<basename of root>.h5."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits, e.g. train,dev,test. "
+                                                                "Default: every {split}_ims.npy in ROOT."),
+    text_model: Optional[Path] = typer.Option(None, "--text-model", help="Local sentence-transformers or Hugging "
+                                              "Face BERT folder. Default: all-MiniLM-L6-v2 (384-d)."),
+    dtype: Dtype = typer.Option(Dtype.float16, "--dtype", help="Storage type of region and text features."),
+    relevance: str = typer.Option("compute", "--relevance", help="Caption x image relevance of the evaluation "
+                                  "splits (all but train): 'compute' (TERAN ROUGE-L), 'none', a TERAN or RVLR "
+                                  "relevance FILE for the one evaluation split, or SPLIT=FILE|compute|none,..."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Captions per text-encoder forward pass."),
+    device: Optional[str] = typer.Option(None, "--device", help="Text-encoder device (cuda, cpu...). Default: CUDA "
+                                                                "when present."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache (kept until the new one "
+                                                              "is complete)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """SCAN/BUTD precomp features (Flickr30K, COCO): regions, caption tokens, pooled vectors, relevance.
+
+    Example: featvlr extract precomp --root data/f30k_precomp --out features/f30k.h5
+    """
+    from featvlr.sources.precomp import extract_precomp
+
+    path = extract_precomp(root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value,
+                           overwrite=overwrite, relevance=relevance, batch_size=batch_size, device=device,
+                           progress=progress, command=_command_line())
+    typer.echo(f"wrote {path}")
+
+
+@extract_app.command("composed")
+def composed(
+    dataset: Dataset = typer.Option(..., "--dataset", help="Which JSON layout ROOT holds."),
+    root: Path = typer.Option(..., "--root", help="The dataset folder (cirr/, fashionIQ_dataset/, shoes/) or its "
+                                                  "parent."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache to write. Default: features/<dataset>.h5."),
+    image_features: Optional[Path] = typer.Option(None, "--image-features", help="Global image features by name: "
+                                                  ".npy [N, Dg] with --image-names, or .npz / .h5 keyed by name "
+                                                  "(or holding 'names' + 'features')."),
+    image_names: Optional[Path] = typer.Option(None, "--image-names", help="Names of the .npy rows: one per line, "
+                                               "or a JSON list."),
+    aug_features: Optional[Path] = typer.Option(None, "--aug-features", help="K augmented views per reference "
+                                                "image, [N, K, Dg], keyed like --image-features."),
+    clip_model: Optional[Path] = typer.Option(None, "--clip-model", help="Local sentence-transformers CLIP folder: "
+                                              "encodes the raw images (without --image-features) and the texts "
+                                              "(without --text-model)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Raw image folder for --clip-model. Default: the "
+                                          "dataset's own image folder."),
+    text_model: Optional[Path] = typer.Option(None, "--text-model", help="Text encoder folder. Default: the CLIP "
+                                              "text tower with --clip-model, else all-MiniLM-L6-v2."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated base splits (train,val,test1...). "
+                                                                "Default: all found."),
+    dtype: Dtype = typer.Option(Dtype.float32, "--dtype", help="Storage type of the features."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Texts or images per forward pass."),
+    device: Optional[str] = typer.Option(None, "--device", help="Encoder device. Default: CUDA when present."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """CIRR, FashionIQ or Shoes triplets with global image features and modifier-text vectors.
+
+    Example: featvlr extract composed --dataset cirr --root data/cirr_dataset
+    --image-features clip_rn50x4.npz --out features/cirr.h5
+    """
+    from featvlr.sources.composed import extract_composed
+
+    path = extract_composed(dataset.value, root, out, image_features=image_features, image_names=image_names,
+                            aug_features=aug_features, clip_model=clip_model, images_dir=images,
+                            text_model=text_model, dtype=dtype.value, overwrite=overwrite, progress=progress,
+                            splits=_split_list(splits), batch_size=batch_size, device=device,
+                            command=_command_line())
+    typer.echo(f"wrote {path}")
+
 
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the module's implementation)."""
+    """Add `featvlr extract precomp|composed` to the app."""
+    app.add_typer(extract_app, name="extract")

@@ -1,8 +1,87 @@
-"""`featvlr info` command."""
+"""`featvlr info`: what a feature cache holds.
+
+Prints the splits with their image and text counts, every dataset's shape and dtype, the
+provenance attributes (format and featvlr versions, creating command, sources, text
+encoder) and the size on disk. The cache is opened through :class:`featvlr.store.FeatureStore`,
+so a truncated or corrupt file is reported as one clear error.
+"""
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
+def describe_cache(path: str | os.PathLike, *, validate: bool = True) -> dict[str, Any]:
+    """A JSON-ready description of a cache: attributes, size and per-split datasets."""
+    from featvlr.store import FeatureStore
+
+    store = FeatureStore(path, validate=validate)
+    try:
+        info: dict[str, Any] = {
+            "path": str(Path(path)),
+            "size_bytes": os.path.getsize(path),
+            "attrs": store.attrs,
+            "splits": {},
+        }
+        for split in store.splits():
+            s = store.split_info(split)
+            info["splits"][split] = {
+                "n_images": s.n_images,
+                "n_texts": s.n_texts,
+                "datasets": {k: {"shape": list(shape), "dtype": dtype} for k, (shape, dtype) in s.datasets.items()},
+            }
+        return info
+    finally:
+        store.close()
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The human-readable text that `featvlr info` prints."""
+    attrs = dict(info["attrs"])
+    lines = [f"{info['path']}  ({human_size(info['size_bytes'])} on disk)"]
+    for key in ("format_version", "featvlr_version", "created", "command", "text_encoder", "text_dim", "dtype"):
+        if key in attrs:
+            lines.append(f"  {key + ':':17s}{attrs.pop(key)}")
+    sources = attrs.pop("sources", None)
+    for key, value in attrs.items():
+        lines.append(f"  {key + ':':17s}{value}")
+    if sources:
+        text = json.dumps(sources, indent=2) if not isinstance(sources, str) else sources
+        lines.append("  sources:")
+        lines += ["    " + line for line in text.splitlines()]
+    if not info["splits"]:
+        lines.append("  (no splits)")
+    for split, s in info["splits"].items():
+        lines.append(f"split {split}: {s['n_images']} images, {s['n_texts']} texts")
+        for name, d in s["datasets"].items():
+            shape = "x".join(str(x) for x in d["shape"]) or "scalar"
+            dtype = "str" if d["dtype"] == "object" else d["dtype"]
+            lines.append(f"  {name:28s} {shape:>20s}  {dtype}")
+    return "\n".join(lines)
+
+
+def info(
+    cache: Path = typer.Argument(..., help="Feature cache (.h5) written by `featvlr extract` or `featvlr demo`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the description as JSON instead of text."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the shape, count and NaN checks."),
+) -> None:
+    """Show a cache's splits, counts, shapes, dtypes, provenance and size on disk."""
+    description = describe_cache(cache, validate=not no_validate)
+    typer.echo(json.dumps(description, indent=2, default=str) if as_json else format_info(description))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the command to the app (filled in by the module's implementation)."""
+    """Add `featvlr info` to the app."""
+    app.command("info")(info)

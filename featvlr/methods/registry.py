@@ -8,7 +8,7 @@ from featvlr.errors import ConfigError
 
 _METHODS: dict[str, type] = {}
 # Modules imported on first lookup so that every built-in method is registered.
-BUILTIN_MODULES = ("vse", "hrem", "covlr", "rvlr", "gls", "mlcl")
+BUILTIN_MODULES = ("vse", "hrem", "covlr", "rvlr", "gls", "mlcl", "combiner")
 
 
 def register_method(name: str):

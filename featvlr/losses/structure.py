@@ -1,0 +1,164 @@
+"""Relation matrices within a batch and losses that match one to another.
+
+Used by CoVLR's intra-modal structure preservation (Yang et al., "CoVLR: Coordinating
+Cross-Modal Consistency and Intra-Modal Relations for Vision-Language Retrieval", ICME 2024)
+and by structure-aware distillation (RVLR, TIP 2024): the relations of a student's embeddings
+within one modality are pulled towards the relations of frozen reference features.
+
+Helpers:
+
+- :func:`relation_matrix`: ``[B, d] -> [B, B]`` pairwise relations ("cosine", "dot" or
+  "euclidean", divided by a temperature).
+- :func:`off_diagonal`: ``[B, B] -> [B, B-1]``, each row without its self entry.
+- :func:`relation_kl`, :func:`relation_mse`, :func:`relation_mae`: distances between two
+  ``[B, B]`` relation matrices (the reference side gets no gradient).
+- :class:`StructurePreservationLoss`: all of it as one ``nn.Module``.
+
+Example::
+
+    loss_fn = StructurePreservationLoss(relation="cosine", match="kl", temperature=0.1)
+    loss = loss_fn(student_text_emb, batch["pooled_text"])  # scalar
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featvlr.errors import ConfigError
+
+RELATIONS = ("cosine", "dot", "euclidean")
+MATCHES = ("kl", "mse", "mae")
+
+
+def relation_matrix(x: torch.Tensor, kind: str = "cosine", temperature: float = 1.0) -> torch.Tensor:
+    """Pairwise relations of the rows of ``x [B, d]``: ``[B, B]``, larger means closer.
+
+    Args:
+        x: one vector per row (any scale; "cosine" normalises them first).
+        kind: "cosine" (``x_i . x_j`` after L2 normalisation), "dot" (raw dot products) or
+            "euclidean" (the **negative** Euclidean distance, so that larger is closer and a
+            row softmax is a neighbour distribution, as for the other two).
+        temperature: the relations are divided by it.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"relation temperature must be > 0, got {temperature}")
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    with torch.autocast(device_type=x.device.type, enabled=False):  # relations in float32 (or 64)
+        return _relations(x, kind) / temperature
+
+
+def _relations(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "cosine":
+        x = F.normalize(x, dim=-1)
+        rel = x @ x.t()
+    elif kind == "dot":
+        rel = x @ x.t()
+    elif kind == "euclidean":
+        sq = (x * x).sum(-1)
+        d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * (x @ x.t())).clamp_min(0.0)
+        # sqrt has an infinite derivative at 0 (the diagonal): keep it off the graph there.
+        eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+        rel = -torch.where(eye, torch.zeros_like(d2), d2.clamp_min(1e-12).sqrt())
+    else:
+        raise ConfigError(f"unknown relation {kind!r} ({', '.join(RELATIONS)})")
+    return rel
+
+
+def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """``[B, B] -> [B, B-1]``: every row without its diagonal entry (order kept)."""
+    n = m.shape[0]
+    if m.shape != (n, n):
+        raise ValueError(f"expected a square matrix, got {tuple(m.shape)}")
+    if n < 2:
+        return m.new_zeros(n, 0)
+    return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
+
+
+def _prepare(student: torch.Tensor, reference: torch.Tensor, exclude_self: bool):
+    if student.shape != reference.shape:
+        raise ValueError(f"relation shapes differ: {tuple(student.shape)} vs {tuple(reference.shape)}")
+    reference = reference.detach()
+    if exclude_self:
+        return off_diagonal(student), off_diagonal(reference)
+    return student, reference
+
+
+def relation_kl(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True) -> torch.Tensor:
+    """Mean over rows of ``KL(softmax(reference_i) || softmax(student_i))``.
+
+    Each row of a relation matrix is turned into a distribution over the batch's other items
+    (the self entry is dropped when ``exclude_self``, since it would dominate every row).
+    Zero for a batch with fewer than 2 items.
+    """
+    s, r = _prepare(student, reference, exclude_self)
+    if s.shape[0] == 0 or s.shape[1] == 0:
+        return student.sum() * 0.0
+    log_p_ref = F.log_softmax(r, dim=1)
+    log_p_stu = F.log_softmax(s, dim=1)
+    return (log_p_ref.exp() * (log_p_ref - log_p_stu)).sum(1).mean()
+
+
+def relation_mse(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True) -> torch.Tensor:
+    """Mean squared difference of the (off-diagonal) entries."""
+    s, r = _prepare(student, reference, exclude_self)
+    if s.numel() == 0:
+        return student.sum() * 0.0
+    return (s - r).pow(2).mean()
+
+
+def relation_mae(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True) -> torch.Tensor:
+    """Mean absolute difference of the (off-diagonal) entries (RVLR's default distance)."""
+    s, r = _prepare(student, reference, exclude_self)
+    if s.numel() == 0:
+        return student.sum() * 0.0
+    return (s - r).abs().mean()
+
+
+_MATCH_FNS = {"kl": relation_kl, "mse": relation_mse, "mae": relation_mae}
+
+
+class StructurePreservationLoss(nn.Module):
+    """Intra-modal structure preservation: the relations among a batch's student embeddings
+    should match the relations among frozen reference features of the same items.
+
+    CoVLR (Yang et al., ICME 2024) uses such a term as its meta-test task; RVLR (TIP 2024)
+    as structure-aware distillation. Related: :func:`relation_matrix`, :func:`relation_kl`.
+
+    Input: ``student [B, d]`` (differentiable) and ``reference [B, d']`` (any width; it is
+    detached, so the reference never receives a gradient). Output: a scalar.
+
+    - ``relation``: "cosine", "dot" or "euclidean" (see :func:`relation_matrix`), the same
+      for both sides.
+    - ``match``: "kl" (row-wise KL over softmax-normalised rows, reference || student),
+      "mse" or "mae" (entry-wise on the off-diagonal relations).
+    - ``temperature``: divides both relation matrices (sharpens the KL rows; scales MSE/MAE).
+    - ``exclude_self``: drop the diagonal (default on).
+
+    Example::
+
+        loss = StructurePreservationLoss(match="kl", temperature=0.1)(t_emb, pooled_text)
+    """
+
+    def __init__(self, *, relation: str = "cosine", match: str = "kl", temperature: float = 0.1,
+                 exclude_self: bool = True):
+        super().__init__()
+        if relation not in RELATIONS:
+            raise ConfigError(f"unknown relation {relation!r} ({', '.join(RELATIONS)})")
+        if match not in MATCHES:
+            raise ConfigError(f"unknown relation match {match!r} ({', '.join(MATCHES)})")
+        if temperature <= 0:
+            raise ConfigError(f"relation temperature must be > 0, got {temperature}")
+        self.relation, self.match, self.temperature = relation, match, temperature
+        self.exclude_self = exclude_self
+
+    def forward(self, student: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ref_rel = relation_matrix(reference, self.relation, self.temperature)
+        stu_rel = relation_matrix(student, self.relation, self.temperature)
+        return _MATCH_FNS[self.match](stu_rel, ref_rel, exclude_self=self.exclude_self)
+
+    def extra_repr(self) -> str:
+        return (f"relation={self.relation!r}, match={self.match!r}, temperature={self.temperature}, "
+                f"exclude_self={self.exclude_self}")

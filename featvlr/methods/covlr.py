@@ -1,0 +1,402 @@
+"""``covlr``: meta-learning that coordinates cross-modal consistency with intra-modal structure.
+
+Yang et al., "CoVLR: Coordinating Cross-Modal Consistency and Intra-Modal Relations for
+Vision-Language Retrieval", ICME 2024 (code: njustkmg/ICME2024-CoVLR; its public code has no
+meta-learning loop, so this is a reconstruction of the step the paper describes).
+
+Claim: a hard cross-modal consistency loss disturbs the neighbourhood structure within the
+stronger modality and hurts image-to-image and text-to-text retrieval; validating every
+consistency update on an intra-modal structure-preserving task keeps both.
+
+One training step on the VSE-infinity towers (:class:`~featvlr.methods.vse.VSEEncoders`):
+
+1. meta-train: ``L_cm(theta)``, the cross-modal loss of ``vse`` (hinge or soft-id InfoNCE)
+   on the all-gathered embeddings, so it is the global-batch loss under DDP;
+2. virtual step: ``theta' = theta - alpha * grad L_cm(theta)`` on the parameters chosen by
+   ``loss.virtual_params``, kept in the autograd graph (second order) or detached
+   (``loss.first_order``);
+3. meta-test: ``L_mt(theta')``, intra-modal structure preservation evaluated with the virtual
+   parameters through :func:`torch.func.functional_call`: the relation matrix of the student
+   embeddings of each modality is matched (row-wise KL over softmax rows, or MSE) to the
+   relation matrix of frozen reference features of the same items: ``pooled_text`` for
+   texts and mean-pooled regions (or ``global_image``) for images by default, or the
+   embeddings of an earlier featvlr run (``loss.reference: <run folder or .pt>``);
+4. the returned losses are ``contrastive_loss = L_cm(theta)`` and
+   ``meta_loss = beta * L_mt(theta')``; the trainer back-propagates their sum, whose gradient
+   is ``grad L_cm(theta) + beta * (I - alpha * H) grad L_mt(theta')`` (H: the Hessian of
+   ``L_cm`` on the virtually updated block; dropped in the first-order variant).
+
+Inputs: a cross-modal training batch (``regions``, ``region_mask``, ``tokens``,
+``token_mask``, ``pooled_text``, ``image_ids``; see :mod:`featvlr.methods.base`).
+Outputs: ``contrastive_loss``, ``meta_loss`` and logged scalars ``meta_test``,
+``meta_test_image``, ``meta_test_text``, ``virtual_step_norm``. At test time ``covlr`` is the
+plain dual encoder (``encode_images`` / ``encode_texts``), and with ``beta = 0`` it is exactly
+``vse`` (same parameter names, same gradients).
+
+Notes on the implementation:
+
+- **Meta-test batch** (``loss.meta_test_batch``): "same" uses the whole batch for both tasks;
+  "split" follows MLDG (Li et al., AAAI 2018): the first half of the batch is the meta-train
+  batch (``L_cm`` and the virtual step), the second half the meta-test batch. Under DDP each
+  rank splits its own share, so both halves are spread over all ranks.
+- **BatchNorm**: the ordinary forward at ``theta`` updates the running statistics once; the
+  virtual forward gets *copies* of the buffers, so its statistics updates are discarded and
+  the running statistics move exactly as in ``vse``. Both forwards normalise with the
+  statistics of their own batch in training mode.
+- **DDP**: the inner gradient is taken with :func:`torch.autograd.grad` inside the forward,
+  which fires none of DDP's gradient hooks; DDP's all-reduce happens only on the outer
+  backward. The inner gradient is computed per rank as this rank's exact share of the
+  global-batch gradient (gradient of the gathered loss w.r.t. the gathered embeddings, then
+  back through the local towers only), and ``loss.sync_inner_grad`` (default on) sums the
+  shares over ranks with a differentiable all-reduce, so every rank takes the same virtual
+  step as one process on the global batch would. Off: each rank steps with ``world_size``
+  times its own share (a local estimate of the global gradient, no extra communication).
+  The meta-test embeddings are gathered too, so the relation matrices cover the global batch.
+  As for every method, BatchNorm statistics are per rank.
+- **AMP**: the step runs under the trainer's autocast; :func:`torch.autograd.grad` with
+  ``create_graph`` records the backward ops in the dtypes autocast chose for the forward.
+  Relation matrices are computed in float32. Under float16 autocast the inner loss is scaled
+  by ``loss.inner_loss_scale`` before the inner gradient and the gradient unscaled after
+  (the trainer's GradScaler only sees the outer loss); bfloat16 needs no scaling.
+- **GRU (GPO) and cuDNN**: cuDNN's RNN kernels have no double backward, so with second-order
+  meta-gradients on CUDA the step runs with cuDNN disabled (the GPO's GRU is tiny and runs
+  once per distinct length; nothing else here uses cuDNN).
+- **Cost**: one extra backward with ``create_graph`` plus one extra forward of the towers at
+  ``theta'``, and a double backward in the outer pass; ``benchmarks/bench_covlr_step.py``
+  measures it against ``vse``.
+
+Example::
+
+    featvlr train --config configs/demo_covlr.yaml --set loss.beta=2.0 --set loss.first_order=true
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from featvlr import distributed as dist_utils
+from featvlr.distributed import gather_no_grad, gather_with_grad
+from featvlr.errors import ConfigError
+from featvlr.losses import SoftIdInfoNCE
+from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
+from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.registry import register_method
+from featvlr.methods.vse import (VSELossOptions, VSEModelOptions, VSEEncoders, build_cross_modal_loss,
+                                 cross_modal_loss)
+from featvlr.modules import masked_mean
+
+META_TEST_BATCHES = ("same", "split")
+MODALITIES = ("image", "text")
+# Parameter-name prefixes (relative to the towers) that the "heads" group selects.
+HEAD_PREFIXES = ("image_proj.", "text_proj.")
+
+
+@dataclass
+class CoVLRModelOptions(VSEModelOptions):
+    """The towers are those of ``vse``."""
+
+
+@dataclass
+class CoVLRLossOptions(VSELossOptions):
+    """``vse``'s cross-modal loss options plus the meta-learning step."""
+
+    # Weight of the meta-test loss in the outer objective (0: plain vse).
+    beta: float = 1.0
+    # Step size of the virtual SGD step theta' = theta - alpha * grad L_cm.
+    alpha: float = 1.0e-3
+    # Detach the inner gradient (no second-order term).
+    first_order: bool = False
+    # Which parameters take the virtual step: "all" (every tower parameter), "heads" (the
+    # projection heads, not the GPO) or parameter-name prefixes relative to the towers, e.g.
+    # ["text_proj", "image_proj.fc"]. The others enter the meta-test at their current value.
+    virtual_params: list[str] = field(default_factory=lambda: ["all"])
+    # "same": meta-test on the meta-train batch; "split": first half meta-train, second half
+    # meta-test.
+    meta_test_batch: str = "same"
+    # Modalities whose intra-modal structure is preserved, and their weights in L_mt.
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    image_weight: float = 1.0
+    text_weight: float = 1.0
+    # Relation matrices: "cosine", "dot" or "euclidean"; matched by "kl" (rows softmax-
+    # normalised, KL(reference || student)), "mse" or "mae"; both divided by the temperature.
+    relation: str = "cosine"
+    match: str = "kl"
+    structure_temperature: float = 0.05
+    # Reference features: "features" (pooled_text for texts; image_feature for images) or a
+    # featvlr run folder / checkpoint whose embeddings are the reference (a teacher run).
+    reference: str = "features"
+    # Image reference when reference = "features": "mean_regions" or "global" (global_image).
+    image_feature: str = "mean_regions"
+    # Count every image once in the image relation matrix (batches hold captions, so an image
+    # with two captions in the batch would appear twice).
+    dedupe_images: bool = True
+    # DDP: sum the ranks' shares of the inner gradient (exact global virtual step).
+    sync_inner_grad: bool = True
+    # Under float16 autocast: scale of the inner loss before its gradient (unscaled after).
+    inner_loss_scale: float = 1024.0
+
+
+class _Towers(nn.Module):
+    """Calls the towers of one modality or both; the module that ``functional_call`` runs."""
+
+    def __init__(self, encoders: VSEEncoders):
+        super().__init__()
+        self.encoders = encoders
+
+    def forward(self, batch: dict[str, torch.Tensor], images: bool, texts: bool):
+        v = self.encoders.encode_images(batch) if images else None
+        t = self.encoders.encode_texts(batch) if texts else None
+        return v, t
+
+
+def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: True at the first position of every distinct id."""
+    n = ids.shape[0]
+    same = ids.unsqueeze(0) == ids.unsqueeze(1)  # [B, B]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril(-1)
+    return ~(same & earlier).any(1)
+
+
+def split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The first and the second half (along dim 0) of every tensor of a batch."""
+    n = batch["image_ids"].shape[0]
+    if n < 4:
+        raise ConfigError(f"loss.meta_test_batch='split' needs at least 4 items per rank, got {n}")
+    h = n // 2
+    first, second = {}, {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n:
+            first[k], second[k] = v[:h], v[h:]
+        else:
+            first[k] = second[k] = v
+    return first, second
+
+
+def select_virtual(names: list[str], spec: list[str]) -> list[str]:
+    """Names of the parameters that take the virtual step (see ``virtual_params``)."""
+    if not spec:
+        raise ConfigError("loss.virtual_params is empty (use 'all', 'heads' or parameter-name prefixes)")
+    chosen: list[str] = []
+    for item in spec:
+        if item == "all":
+            hits = names
+        elif item == "heads":
+            hits = [n for n in names if n.startswith(HEAD_PREFIXES)]
+        else:
+            hits = [n for n in names if n == item or n.startswith(item.rstrip(".") + ".")]
+        if not hits:
+            raise ConfigError(f"loss.virtual_params: {item!r} matches no parameter "
+                              f"(names: {', '.join(names)})")
+        chosen += [n for n in hits if n not in chosen]
+    return [n for n in names if n in chosen]
+
+
+@register_method("covlr")
+class CoVLR(Method):
+    """CoVLR's meta-learning step on the VSE-infinity towers (see the module docstring).
+
+    Input: cross-modal training batches; output of ``training_step``: ``contrastive_loss``
+    (``L_cm`` at theta) and ``meta_loss`` (``beta * L_mt`` at theta'), plus logged scalars.
+    """
+
+    ModelOptions = CoVLRModelOptions
+    LossOptions = CoVLRLossOptions
+
+    def __init__(self, model: CoVLRModelOptions, loss: CoVLRLossOptions, dims: FeatureDims):
+        super().__init__(model, loss, dims)
+        self.encoders = VSEEncoders(model, dims)
+        self.criterion = build_cross_modal_loss(loss)
+        self._check_options(loss)
+        self.virtual_names = select_virtual([n for n, _ in self.encoders.named_parameters()], loss.virtual_params)
+        self.structure = StructurePreservationLoss(relation=loss.relation, match=loss.match,
+                                                   temperature=loss.structure_temperature)
+        self._teacher: list[Method] = []  # a plain list: the teacher is not a submodule
+
+    @staticmethod
+    def _check_options(o: CoVLRLossOptions) -> None:
+        if o.beta < 0 or o.alpha < 0:
+            raise ConfigError(f"loss.alpha and loss.beta must be >= 0 (got alpha={o.alpha}, beta={o.beta})")
+        if o.meta_test_batch not in META_TEST_BATCHES:
+            raise ConfigError(f"loss.meta_test_batch: {o.meta_test_batch!r} (choose {', '.join(META_TEST_BATCHES)})")
+        bad = [m for m in o.modalities if m not in MODALITIES]
+        if bad or not o.modalities:
+            raise ConfigError(f"loss.modalities: {o.modalities!r} (a non-empty subset of image, text)")
+        if o.relation not in RELATIONS:
+            raise ConfigError(f"loss.relation: {o.relation!r} (choose {', '.join(RELATIONS)})")
+        if o.match not in MATCHES:
+            raise ConfigError(f"loss.match: {o.match!r} (choose {', '.join(MATCHES)})")
+        if o.image_feature not in ("mean_regions", "global"):
+            raise ConfigError(f"loss.image_feature: {o.image_feature!r} (mean_regions, global)")
+        if o.inner_loss_scale <= 0:
+            raise ConfigError("loss.inner_loss_scale must be > 0")
+
+    # -- evaluation ------------------------------------------------------------------------
+    def encode_images(self, batch):
+        return self.encoders.encode_images(batch)
+
+    def encode_texts(self, batch):
+        return self.encoders.encode_texts(batch)
+
+    # -- training --------------------------------------------------------------------------
+    def training_step(self, batch, state: StepState):
+        o = self.loss_opts
+        if o.beta == 0:  # the base method, without the cost of the meta step
+            v = gather_with_grad(self.encode_images(batch))
+            t = gather_with_grad(self.encode_texts(batch))
+            ids = gather_no_grad(batch["image_ids"])
+            out = {"contrastive_loss": cross_modal_loss(self.criterion, o, v, t, ids, state)}
+            return self._log_temperature(out)
+
+        train_batch, test_batch = split_batch(batch) if o.meta_test_batch == "split" else (batch, batch)
+        device = batch["image_ids"].device
+        no_cudnn = device.type == "cuda" and not o.first_order
+        guard = torch.backends.cudnn.flags(enabled=False) if no_cudnn else contextlib.nullcontext()
+        with guard:
+            # 1. meta-train at theta (the ordinary forward: running statistics update once).
+            v_loc, t_loc = self.encode_images(train_batch), self.encode_texts(train_batch)
+            v, t = gather_with_grad(v_loc), gather_with_grad(t_loc)
+            ids = gather_no_grad(train_batch["image_ids"])
+            l_cm = cross_modal_loss(self.criterion, o, v, t, ids, state)
+            # 2. virtual step theta' = theta - alpha * grad L_cm(theta).
+            fast, step_norm = self._virtual_step(l_cm, v, t, v_loc, t_loc)
+            # 3. meta-test at theta'.
+            l_mt, parts = self._meta_test(test_batch, fast)
+        out = {"contrastive_loss": l_cm, "meta_loss": o.beta * l_mt, "meta_test": l_mt.detach(),
+               "virtual_step_norm": step_norm}
+        out.update({f"meta_test_{k}": p.detach() for k, p in parts.items()})
+        return self._log_temperature(out)
+
+    def _log_temperature(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(self.criterion, SoftIdInfoNCE):
+            out["temperature"] = self.criterion.tau.detach()
+        return out
+
+    def _inner_scale(self, device: torch.device) -> float:
+        if device.type == "cuda" and torch.is_autocast_enabled("cuda") \
+                and torch.get_autocast_dtype("cuda") == torch.float16:
+            return self.loss_opts.inner_loss_scale
+        return 1.0
+
+    def _virtual_step(self, l_cm: torch.Tensor, v: torch.Tensor, t: torch.Tensor, v_loc: torch.Tensor,
+                      t_loc: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``{name: theta - alpha * g}`` for the virtually updated parameters, and ``|alpha g|``.
+
+        ``g`` is this rank's share of the global-batch gradient: the gradient of ``L_cm``
+        w.r.t. the gathered embeddings, sliced to this rank's rows, back through the local
+        towers. Summed over ranks (``sync_inner_grad``) it is the global-batch gradient.
+        """
+        o = self.loss_opts
+        params = dict(self.encoders.named_parameters())
+        names = [n for n in self.virtual_names if params[n].requires_grad]
+        create = not o.first_order
+        scale = self._inner_scale(l_cm.device)
+        g_v, g_t = torch.autograd.grad(l_cm * scale, (v, t), create_graph=create, retain_graph=True)
+        world = dist_utils.world_size()
+        if world > 1:
+            start = sum_sizes_before(v_loc.shape[0])
+            g_v, g_t = g_v[start:start + v_loc.shape[0]], g_t[start:start + t_loc.shape[0]]
+        grads = torch.autograd.grad((v_loc, t_loc), [params[n] for n in names], grad_outputs=(g_v, g_t),
+                                    create_graph=create, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(params[n]) if g is None else g / scale for n, g in zip(names, grads)]
+        if o.first_order:
+            grads = [g.detach() for g in grads]
+        if world > 1:
+            grads = all_reduce_grads(grads, differentiable=create) if o.sync_inner_grad else [g * world for g in grads]
+        fast = {n: params[n] - o.alpha * g for n, g in zip(names, grads)}
+        with torch.no_grad():
+            step_norm = o.alpha * torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) if grads \
+                else l_cm.new_zeros(())
+        return fast, step_norm.detach()
+
+    def _meta_test(self, batch: dict[str, torch.Tensor], fast: dict[str, torch.Tensor]
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``L_mt`` at the virtual parameters and its per-modality parts."""
+        o = self.loss_opts
+        want_img, want_txt = "image" in o.modalities, "text" in o.modalities
+        params = {f"encoders.{n}": p for n, p in self.encoders.named_parameters()}
+        params.update({f"encoders.{n}": p for n, p in fast.items()})
+        # Copies of the buffers: the virtual forward's BatchNorm statistics updates are dropped.
+        buffers = {f"encoders.{n}": b.clone() for n, b in self.encoders.named_buffers()}
+        v_fast, t_fast = functional_call(_Towers(self.encoders), (params, buffers), (batch, want_img, want_txt))
+        ref_v, ref_t = self._references(batch, want_img, want_txt)
+        parts: dict[str, torch.Tensor] = {}
+        if want_img:
+            v_all, r_all = gather_with_grad(v_fast), gather_no_grad(ref_v)
+            if o.dedupe_images:
+                keep = first_occurrence(gather_no_grad(batch["image_ids"]))
+                v_all, r_all = v_all[keep], r_all[keep]
+            parts["image"] = self.structure(v_all, r_all)
+        if want_txt:
+            parts["text"] = self.structure(gather_with_grad(t_fast), gather_no_grad(ref_t))
+        weights = {"image": o.image_weight, "text": o.text_weight}
+        l_mt = sum(weights[k] * p for k, p in parts.items())
+        return l_mt, parts
+
+    @torch.no_grad()
+    def _references(self, batch: dict[str, torch.Tensor], images: bool, texts: bool):
+        """Frozen reference features of the batch's images and texts (no gradient)."""
+        o = self.loss_opts
+        if o.reference != "features":
+            teacher = self.teacher(batch["image_ids"].device)
+            return (teacher.encode_images(batch) if images else None,
+                    teacher.encode_texts(batch) if texts else None)
+        ref_v = ref_t = None
+        if images:
+            if o.image_feature == "global":
+                if "global_image" not in batch:
+                    raise ConfigError("loss.image_feature='global' but the cache has no images/<split>/global")
+                ref_v = batch["global_image"]
+            else:
+                ref_v = masked_mean(batch["regions"], batch["region_mask"])
+        if texts:
+            ref_t = batch["pooled_text"]
+        return ref_v, ref_t
+
+    def teacher(self, device: torch.device) -> Method:
+        """The reference run's method (loaded once, frozen, in eval mode)."""
+        if not self._teacher:
+            from featvlr.checkpoint import load_method
+
+            teacher, _ = load_method(self.loss_opts.reference, device)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self._teacher.append(teacher.eval())
+        return self._teacher[0]
+
+
+def sum_sizes_before(n_local: int) -> int:
+    """Row offset of this rank's slice in a gathered tensor (rank order, sizes all-gathered)."""
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist_utils.world_size())]
+    dist.all_gather(sizes, torch.tensor([n_local], device=device))
+    return int(sum(int(s.item()) for s in sizes[: dist_utils.rank()]))
+
+
+def all_reduce_grads(grads: list[torch.Tensor], *, differentiable: bool) -> list[torch.Tensor]:
+    """Sum a list of tensors over ranks in one flat all-reduce (differentiable if asked)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    if differentiable:
+        from torch.distributed.nn.functional import all_reduce
+
+        flat = all_reduce(flat)
+    else:
+        flat = flat.clone()
+        dist.all_reduce(flat)
+    out, offset = [], 0
+    for g in grads:
+        out.append(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return out
+
+
+__all__ = ["CoVLR", "CoVLRLossOptions", "CoVLRModelOptions", "first_occurrence", "select_virtual",
+           "split_batch"]

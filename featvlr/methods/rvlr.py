@@ -1,0 +1,300 @@
+"""``rvlr``: rebalanced retrieval with representation-level and structure-aware distillation.
+
+Yang et al., "Rebalanced Vision-Language Retrieval Considering Structure-Aware Distillation",
+IEEE TIP 2024 (code: njustkmg/TIP24-Rebalanced_Vision_Language_Retrieval).
+
+Student: the VSE-infinity dual encoder of :mod:`featvlr.methods.vse` (same heads, same
+test-time encoders). Teachers, frozen (:mod:`featvlr.teachers`): ``model.teacher: features``
+uses the cached uni-modal features (pooled sentence embeddings, mean-pooled regions);
+``model.teacher: runs/NAME`` uses the embeddings of an earlier featvlr run, computed once
+over the training split and cached beside the feature cache; an empty ``model.teacher`` (the
+default) runs the paper's two-stage recipe in one command: :meth:`RVLR.prepare` first trains
+the base ``vse`` run as ``<run_dir>/teacher`` and then distils from it.
+
+Loss, on the global batch (all ranks gathered)::
+
+    L = w_itc * L_cm                       base cross-modal loss (vse's hinge, or ITC with soft ids)
+      + w_iic * L_iic + w_ttc * L_ttc      representation distillation, per modality
+      + w_kd  * L_kd                       student relations vs lambda * T + (1 - lambda) * I
+      + w_kdi * L_kdi + w_kdt * L_kdt      the two teacher-mixture terms
+
+with the paper's weights 1, 1, 2, 2, 1, 1 (its ``a..g`` minus ``b = 2`` for ITM).
+
+Differences from the paper code (its behaviour is described in METHODS.md, section 4.2):
+
+- **No ITM term.** The paper's ``2 * L_itm`` trains a cross-attention fusion encoder on
+  hard negatives; featvlr's heads are a dual encoder over frozen features with no fusion
+  encoder, so the term (and ITM re-ranking at test time) is dropped.
+- **F is the student's own relation matrix.** The paper relates the fused [CLS] vectors of
+  the positive pairs; without a fusion encoder ``loss.relation`` chooses the student's text
+  embeddings, image embeddings, or ``both`` (default: the structure term is the mean of the
+  text and the image relation losses, so both uni-modal neighbourhoods are shaped).
+- **lambda = sigmoid(logit)**, so it stays in (0, 1); the paper's is unconstrained.
+- **tau2 fixed** (0.07) by default; the paper's learnable, unclamped tau2 lets every
+  structure term shrink by growing. ``loss.learnable_structure_temperature`` brings a
+  clamped learnable one back.
+- **Own temperature for L_iic / L_ttc** (learnable, clamped), not the ITC one, so the
+  distillation terms work with the hinge base loss too.
+- **Wasserstein option**: row-wise 1-D Wasserstein between the off-diagonal relation values
+  of the student and the mixture, for all three terms; the paper's ``wd`` path adds learned
+  MLP projections of the teacher features and a weighting by student text distances, and
+  zeroes the two mixture terms. Its ``kl`` option (an L1 between cumulative sums) is not
+  offered.
+- **Base loss.** vse's hinge by default (featvlr's baseline, so stage 1 is exactly a ``vse``
+  run); the paper's X-VLM ITC is ``loss.kind: infonce``. The hinge is a sum over the batch,
+  so with it the distillation terms are summed too (``loss.reduction: auto``, i.e. multiplied
+  by the global batch size): the paper's weights then keep their balance against the base.
+- **Two stages, one train section.** Stage 1 and stage 2 use the config's ``train`` section
+  (epochs, schedule); the student starts from the stage-1 weights
+  (``model.init_from_teacher``) as the paper's stage 2 loads its stage-1 checkpoint.
+- **Checkpoint selection on the dev split** (the paper selects on test), fixed seeds.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from featvlr import distributed as dist_utils
+from featvlr.distributed import gather_no_grad, gather_with_grad
+from featvlr.errors import ConfigError
+from featvlr.losses import SoftIdInfoNCE
+from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation
+from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.registry import register_method
+from featvlr.methods.vse import (VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
+                                 cross_modal_loss)
+from featvlr.modules import xavier_linear
+from featvlr.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
+
+RELATIONS = ("text", "image", "both")
+
+
+@dataclass
+class RVLRModelOptions(VSEModelOptions):
+    # "" (two stages: train the vse base as <run_dir>/teacher, then distil from it),
+    # "features" (the cached uni-modal features), or a run folder / .pt of an earlier run.
+    teacher: str = ""
+    # Which checkpoint of a teacher run: "best" or "last".
+    teacher_checkpoint: str = "best"
+    # Image teacher of `features`: "regions" (mean of the valid regions) or "global".
+    teacher_image: str = "regions"
+    # Start the student from the teacher run's encoder weights (the paper's stage 2 loads
+    # the stage-1 checkpoint); needs a teacher run with the same encoders.
+    init_from_teacher: bool = True
+    # Filled in by the prepare step: the teacher cache file and its embedding size.
+    teacher_cache: str = ""
+    teacher_dim: int = 0
+
+
+@dataclass
+class RVLRLossOptions(VSELossOptions):
+    # The base cross-modal loss is vse's (``kind``: "hinge" by default, or "infonce", the
+    # paper's ITC with soft image ids); the two-stage recipe trains its base with it too.
+    # Reduction of the distillation terms over the batch: "mean" (the paper's, next to its
+    # mean ITC), "sum" (x global batch size, to keep the paper's balance next to the hinge,
+    # which sums over the batch), or "auto" (sum with the hinge, mean with InfoNCE).
+    reduction: str = "auto"
+    # Weights (the paper's a, c, d, e, f, g = 1, 1, 2, 2, 1, 1; its ITM weight b has no term here).
+    contrastive_weight: float = 1.0
+    image_distill_weight: float = 1.0
+    text_distill_weight: float = 2.0
+    structure_weight: float = 2.0
+    image_mixture_weight: float = 1.0
+    text_mixture_weight: float = 1.0
+    # Representation distillation temperature (own, learnable, clamped to [0.01, 0.5]).
+    distill_temperature: float = 0.07
+    learnable_distill_temperature: bool = True
+    # Structure distillation: student relation ("text", "image", "both"), distance
+    # ("mae", "mse", "wd"), relation temperature tau2, lambda.
+    relation: str = "both"
+    distance: str = "mae"
+    structure_temperature: float = 0.07
+    learnable_structure_temperature: bool = False
+    structure_temperature_max: float = 1.0
+    init_lambda: float = 0.5
+    learnable_lambda: bool = True
+
+
+def _check_options(model: RVLRModelOptions, loss: RVLRLossOptions) -> None:
+    if model.teacher_image not in IMAGE_SOURCES:
+        raise ConfigError(f"model.teacher_image: unknown source {model.teacher_image!r} ({', '.join(IMAGE_SOURCES)})")
+    if model.teacher_checkpoint not in ("best", "last"):
+        raise ConfigError(f"model.teacher_checkpoint: expected best or last, got {model.teacher_checkpoint!r}")
+    if loss.relation not in RELATIONS:
+        raise ConfigError(f"loss.relation: unknown relation {loss.relation!r} ({', '.join(RELATIONS)})")
+    if loss.distance not in DISTANCES:
+        raise ConfigError(f"loss.distance: unknown distance {loss.distance!r} ({', '.join(DISTANCES)})")
+    if loss.reduction not in ("auto", "mean", "sum"):
+        raise ConfigError(f"loss.reduction: expected auto, mean or sum, got {loss.reduction!r}")
+    if not 0.0 < loss.init_lambda < 1.0:
+        raise ConfigError(f"loss.init_lambda must lie in (0, 1), got {loss.init_lambda}")
+
+
+def base_config(config: Any) -> Any:
+    """The stage-1 config: the same data, training and evaluation sections, method ``vse``
+    with the student's encoder options and base-loss options."""
+    model = VSEModelOptions(**{f.name: getattr(config.model, f.name) for f in dataclasses.fields(VSEModelOptions)})
+    loss = VSELossOptions(**{f.name: getattr(config.loss, f.name) for f in dataclasses.fields(VSELossOptions)})
+    name = f"{config.name or 'rvlr'}_teacher"
+    return dataclasses.replace(config, method="vse", name=name, model=model, loss=loss)
+
+
+def train_base(config: Any, teacher_dir: Path) -> None:
+    """Train (or finish, or reuse) the stage-1 ``vse`` run in ``teacher_dir``."""
+    from featvlr.checkpoint import load_checkpoint
+    from featvlr.train import train
+
+    base = base_config(config)
+    last = teacher_dir / "ckpt" / "last.pt"
+    if last.exists():
+        if int(load_checkpoint(last)["epoch"]) >= base.train.epochs:
+            return
+        train(base, teacher_dir, resume=True)
+    else:
+        train(base, teacher_dir)
+
+
+@register_method("rvlr")
+class RVLR(Method):
+    """RVLR on frozen features (see the module docstring).
+
+    Input: the cross-modal training batch (``regions``, ``tokens``, ``pooled_text``,
+    ``image_ids``, ``text_ids``, ...). ``training_step`` returns ``contrastive_loss``,
+    ``image_distill_loss``, ``text_distill_loss``, ``structure_loss``,
+    ``image_mixture_loss``, ``text_mixture_loss`` (already weighted) and logs ``lambda``
+    and the temperatures. At test time it is the plain dual encoder: ``encode_images`` and
+    ``encode_texts`` give L2-normalised ``[B, embed_dim]`` vectors.
+    """
+
+    ModelOptions = RVLRModelOptions
+    LossOptions = RVLRLossOptions
+
+    def __init__(self, model: RVLRModelOptions, loss: RVLRLossOptions, dims: FeatureDims):
+        super().__init__(model, loss, dims)
+        _check_options(model, loss)
+        self.encoders = VSEEncoders(model, dims)
+        self.criterion = build_cross_modal_loss(loss)
+        if model.teacher == "features":
+            image_dim = dims.region_dim if model.teacher_image == "regions" else dims.global_dim
+            text_dim = dims.text_dim
+        else:
+            image_dim = text_dim = model.teacher_dim
+        if image_dim <= 0 or text_dim <= 0:
+            raise ConfigError("rvlr: the teacher's feature size is unknown; a teacher run is resolved by the "
+                              "prepare step (featvlr.train.train runs it), or set model.teacher=features")
+        # Learned projections of the frozen teacher features (the paper's sig_*_proj).
+        self.teacher_image_proj = xavier_linear(image_dim, model.embed_dim)
+        self.teacher_text_proj = xavier_linear(text_dim, model.embed_dim)
+        self.representation = RepresentationDistillation(
+            temperature=loss.distill_temperature, learnable=loss.learnable_distill_temperature)
+        self.structure = StructureDistillation(
+            distance=loss.distance, temperature=loss.structure_temperature,
+            learnable_temperature=loss.learnable_structure_temperature, tau_max=loss.structure_temperature_max,
+            init_lambda=loss.init_lambda, learnable_lambda=loss.learnable_lambda)
+        self._table: TeacherTable | None = None
+        self._pending_init = model.teacher != "features" and model.init_from_teacher
+
+    # -- preparation ---------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, config: Any, run_dir: Any) -> Any:
+        """Resolve the teacher: train the base run first when none is named, then compute (or
+        reuse) its cached embeddings over the training split and record where they are."""
+        from featvlr.checkpoint import resolve_checkpoint
+        from featvlr.teachers import ensure_teacher_cache, teacher_cache_path, teacher_dim
+
+        model = config.model
+        _check_options(model, config.loss)
+        if model.teacher == "features":
+            return config
+        teacher = model.teacher
+        if not teacher:
+            teacher_dir = Path(run_dir) / "teacher"
+            train_base(config, teacher_dir)
+            teacher = str(teacher_dir)
+        ckpt = resolve_checkpoint(teacher, model.teacher_checkpoint)
+        if dist_utils.is_main():
+            ensure_teacher_cache(ckpt, config.data.cache, config.data.train_split, device=config.train.device,
+                                 batch_size=config.eval.batch_size)
+        dist_utils.barrier()
+        path = teacher_cache_path(ckpt, config.data.cache, config.data.train_split)
+        model = dataclasses.replace(model, teacher=teacher, teacher_cache=str(path), teacher_dim=teacher_dim(path))
+        return dataclasses.replace(config, model=model)
+
+    def _init_from_teacher(self) -> None:
+        from featvlr.checkpoint import load_checkpoint, resolve_checkpoint
+
+        opts = self.model_opts
+        state = load_checkpoint(resolve_checkpoint(opts.teacher, opts.teacher_checkpoint))["model"]
+        own = self.state_dict()
+        wanted = [k for k in own if k.startswith(("encoders.", "criterion."))]
+        bad = [k for k in wanted if k.startswith("encoders.") and (k not in state or state[k].shape != own[k].shape)]
+        if bad:
+            raise ConfigError(f"model.init_from_teacher: the teacher run's encoders do not match the student's "
+                              f"(first mismatch: {bad[0]}); use the same model options or set "
+                              "model.init_from_teacher=false")
+        self.load_state_dict({k: state[k] for k in wanted if k in state and state[k].shape == own[k].shape},
+                             strict=False)
+
+    # -- evaluation ----------------------------------------------------------------------
+    def encode_images(self, batch):
+        return self.encoders.encode_images(batch)
+
+    def encode_texts(self, batch):
+        return self.encoders.encode_texts(batch)
+
+    # -- training ------------------------------------------------------------------------
+    def teacher_rows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image [B, Di], text [B, Dt])`` frozen teacher features of the batch's rows."""
+        if self.model_opts.teacher == "features":
+            return features_teacher(batch, self.model_opts.teacher_image)
+        if self._table is None:
+            if not self.model_opts.teacher_cache:
+                raise ConfigError("rvlr: model.teacher_cache is not set; it is filled in by RVLR.prepare")
+            self._table = load_teacher_cache(self.model_opts.teacher_cache)
+        return self._table.lookup(batch["image_ids"], batch["text_ids"], batch["image_ids"].device)
+
+    def students(self, v: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        relation = self.loss_opts.relation
+        return [t] if relation == "text" else [v] if relation == "image" else [t, v]
+
+    def training_step(self, batch, state: StepState):
+        if self._pending_init and state.step == 0:
+            self._init_from_teacher()
+        self._pending_init = False
+        lo = self.loss_opts
+        v_all = gather_with_grad(self.encode_images(batch))
+        t_all = gather_with_grad(self.encode_texts(batch))
+        ids = gather_no_grad(batch["image_ids"])
+        with torch.no_grad():
+            teacher_image, teacher_text = self.teacher_rows(batch)
+            teacher_image, teacher_text = gather_no_grad(teacher_image), gather_no_grad(teacher_text)
+
+        out = {"contrastive_loss": lo.contrastive_weight * cross_modal_loss(self.criterion, lo, v_all, t_all, ids,
+                                                                              state)}
+        summed = lo.reduction == "sum" or (lo.reduction == "auto" and not isinstance(self.criterion, SoftIdInfoNCE))
+        scale = float(v_all.shape[0]) if summed else 1.0
+        if lo.image_distill_weight:
+            target = F.normalize(self.teacher_image_proj(teacher_image), dim=-1)
+            out["image_distill_loss"] = scale * lo.image_distill_weight * self.representation(v_all, target, ids)
+        if lo.text_distill_weight:
+            target = F.normalize(self.teacher_text_proj(teacher_text), dim=-1)
+            out["text_distill_loss"] = scale * lo.text_distill_weight * self.representation(t_all, target, ids)
+        if lo.structure_weight or lo.image_mixture_weight or lo.text_mixture_weight:
+            s = self.structure(self.students(v_all, t_all), teacher_text, teacher_image)
+            if lo.structure_weight:
+                out["structure_loss"] = scale * lo.structure_weight * s["kd"]
+            if lo.image_mixture_weight:
+                out["image_mixture_loss"] = scale * lo.image_mixture_weight * s["kdi"]
+            if lo.text_mixture_weight:
+                out["text_mixture_loss"] = scale * lo.text_mixture_weight * s["kdt"]
+        out["lambda"] = self.structure.lam.detach()
+        out["structure_temperature"] = self.structure.tau.detach()
+        out["distill_temperature"] = self.representation.tau.detach()
+        if isinstance(self.criterion, SoftIdInfoNCE):
+            out["temperature"] = self.criterion.tau.detach()
+        return out

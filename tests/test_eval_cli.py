@@ -1,0 +1,209 @@
+"""`featvlr eval` through the command line: embeddings, similarity matrices, runs, bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featvlr.metrics import cross_modal_recall
+from featvlr.store import CacheWriter
+
+N_IMG, PER, D = 10, 5, 4
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A fresh interpreter: ``python -m featvlr.cli eval ...``."""
+    return subprocess.run([sys.executable, "-m", "featvlr.cli", "eval", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """The same CLI entry point in this process (``featvlr.cli.main``): exit code, stdout, stderr."""
+    from featvlr.cli import main
+
+    code = 0
+    try:
+        main(["eval", *map(str, args)])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalcli")
+    rng = np.random.default_rng(0)
+    n_txt = N_IMG * PER
+    lengths = rng.integers(1, 4, size=n_txt)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rel = rng.random((n_txt, N_IMG)).astype(np.float32)
+    cache = root / "tiny.h5"
+    with CacheWriter(cache) as w:
+        w.write("images/test/regions", rng.normal(size=(N_IMG, 3, D)).astype(np.float32))
+        w.write("texts/test/tokens", rng.normal(size=(int(offsets[-1]), D)).astype(np.float32))
+        w.write("texts/test/offsets", offsets)
+        w.write("texts/test/pooled", rng.normal(size=(n_txt, D)).astype(np.float32))
+        w.write("texts/test/image_index", np.arange(n_txt, dtype=np.int64) // PER)
+        w.write("relevance/test/rougeL", rel)
+    img = rng.normal(size=(N_IMG, 8)).astype(np.float32)
+    txt = (np.repeat(img, PER, axis=0) + rng.normal(size=(n_txt, 8))).astype(np.float32)
+    np.savez(root / "emb.npz", images=img, texts=txt)
+    np.save(root / "sims.npy", img @ txt.T)
+    np.save(root / "rel.npy", rel)
+    rel.tofile(root / "rel_raw.npy")  # TERAN's headerless float32 layout
+    return {"root": root, "cache": cache, "img": img, "txt": txt, "rel": rel}
+
+
+def test_embeddings_with_cache(files, capsys):
+    root = files["root"]
+    out = root / "out" / "emb.json"
+    code, stdout, err = run_main(capsys, "--embeddings", root / "emb.npz", "--cache", files["cache"], "--split",
+                                 "test", "--json", out, "--folds", "1,5", "--t2t-without-siblings")
+    assert code == 0, err
+    rec = json.loads(out.read_text())
+    m = rec["metrics"]
+    ref = cross_modal_recall(files["img"] @ files["txt"].T)
+    assert m["i2t/R@1"] == pytest.approx(ref["i2t_R@1"]) and m["rsum"] == pytest.approx(ref["rsum"])
+    assert {"i2i/ndcg_lin@10", "t2t/ndcg_exp@25", "t2t_nosiblings/ndcg_lin@20", "i2it/ndcg_lin@50",
+            "t2it/ndcg_lin@10", "i2t/ndcg_exp@25", "i2t_5fold/R@1", "rsum_5fold"} <= set(m)
+    assert rec["protocol"]["folds"] == [1, 5] and rec["protocol"]["split"] == "test"
+    assert set(rec["versions"]) >= {"featvlr", "torch", "numpy"} and rec["time_s"] >= 0
+    assert rec["device"].startswith("cpu")
+    assert (root / "out" / "emb_recall.png").stat().st_size > 0
+    assert (root / "out" / "emb_scenarios.png").stat().st_size > 0
+    assert "i2t" in stdout and "rsum" in stdout
+
+
+def test_sims_subprocess(files):
+    root = files["root"]
+    p = run_cli("--sims", root / "sims.npy", "--json", root / "s.json", "--no-plots", cwd=root)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((root / "s.json").read_text())["metrics"]
+    assert m["t2i/R@5"] == pytest.approx(cross_modal_recall(files["img"] @ files["txt"].T)["t2i_R@5"])
+    assert "t2i" in p.stdout
+
+
+def test_sims_with_relevance_file_and_raw_memmap(files, capsys):
+    root = files["root"]
+    a = run_main(capsys, "--sims", root / "sims.npy", "--relevance", root / "rel.npy", "--json", root / "a.json",
+                 "--no-plots")
+    b = run_main(capsys, "--sims", root / "sims.npy", "--relevance", root / "rel_raw.npy", "--json",
+                 root / "b.json", "--no-plots", "--scenarios", "i2t,t2i")
+    assert a[0] == 0 and b[0] == 0, a[2] + b[2]
+    ma, mb = json.loads((root / "a.json").read_text())["metrics"], json.loads((root / "b.json").read_text())["metrics"]
+    assert ma == mb and "t2i/ndcg_exp@25" in ma
+    assert not (root / "a_recall.png").exists()
+    emb = json.loads((root / "out" / "emb.json").read_text())["metrics"] if (root / "out" / "emb.json").exists() else None
+    if emb is not None:
+        assert ma["i2t/ndcg_exp@25"] == pytest.approx(emb["i2t/ndcg_exp@25"])
+
+
+def test_checkpoint_run(files, tmp_path, capsys):
+    import torch
+
+    from featvlr.checkpoint import save_checkpoint
+    from featvlr.config import config_from_dict, config_to_dict
+    from featvlr.methods.base import FeatureDims
+    from featvlr.methods.registry import get_method
+
+    cfg = config_from_dict({"method": "vse", "data": {"cache": str(files["cache"])},
+                            "model": {"embed_dim": 8, "pooling": "mean"}, "train": {"seed": 3}})
+    dims = FeatureDims(region_dim=D, n_regions=3, text_dim=D)
+    method = get_method("vse")(cfg.model, cfg.loss, dims)
+    run = tmp_path / "run"
+    save_checkpoint(run / "ckpt" / "best.pt", {"config": config_to_dict(cfg), "dims": dataclasses.asdict(dims),
+                                               "model": method.state_dict()})
+    code, _, err = run_main(capsys, run, "--split", "test", "--scenarios", "i2t,t2i,i2i")
+    assert code == 0, err
+    rec = json.loads((run / "eval" / "test.json").read_text())
+    assert rec["seed"] == 3 and rec["config"]["method"] == "vse" and rec["input"]["kind"] == "checkpoint"
+    assert {"i2t/R@1", "t2i/meanr", "i2i/ndcg_lin@10", "rsum"} <= set(rec["metrics"])
+    assert not any(k.startswith("t2t") for k in rec["metrics"])
+    del torch
+
+
+@pytest.mark.parametrize("case, message", [
+    ("shape", "but split 'test' of the cache has 10 and 50"),
+    ("nan", "NaN"),
+    ("scenario", "unknown scenario 'x2y'"),
+    ("relsize", "relevance"),
+    ("sims_uni", "needs embeddings"),
+    ("missing", "no such file"),
+])
+def test_bad_input_exit_2(files, capsys, case, message):
+    root = files["root"]
+    bad = root / f"bad_{case}"
+    bad.mkdir(exist_ok=True)
+    if case == "shape":
+        np.savez(bad / "e.npz", images=files["img"][:9], texts=files["txt"][:45])
+        args = ["--embeddings", bad / "e.npz", "--cache", files["cache"]]
+    elif case == "nan":
+        s = files["img"] @ files["txt"].T
+        s[2, 3] = np.nan
+        np.save(bad / "s.npy", s)
+        args = ["--sims", bad / "s.npy"]
+    elif case == "scenario":
+        args = ["--sims", root / "sims.npy", "--scenarios", "i2t,x2y"]
+    elif case == "relsize":
+        np.save(bad / "r.npy", files["rel"][:, :9])
+        args = ["--sims", root / "sims.npy", "--relevance", bad / "r.npy"]
+    elif case == "sims_uni":
+        args = ["--sims", root / "sims.npy", "--cache", files["cache"], "--scenarios", "i2i"]
+    else:
+        args = ["--embeddings", bad / "nothing.npz"]
+    code, out, err = run_main(capsys, *args, "--json", bad / "out.json")
+    assert code == 2, (out, err)
+    assert message in err and err.startswith("featvlr: error:") and err.count("\n") == 1
+
+
+def test_bad_input_subprocess(files):
+    root = files["root"]
+    p = run_cli("--sims", root / "sims.npy", "--scenarios", "t2t", cwd=root)
+    assert p.returncode == 2
+    assert p.stderr.startswith("featvlr: error:") and "needs embeddings" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_composed_embeddings_and_cirr_submission(tmp_path, capsys):
+    from featvlr.metrics import composed_recall
+
+    rng = np.random.default_rng(1)
+    n_img, q = 60, 8
+    cache = tmp_path / "cirr.h5"
+    ref = rng.integers(0, n_img, size=q)
+    tgt = (ref + 1 + rng.integers(0, n_img - 1, size=q)) % n_img
+    subsets = np.stack([np.concatenate([[ref[i], tgt[i]], (tgt[i] + np.arange(1, 5)) % n_img]) for i in range(q)])
+    with CacheWriter(cache) as w:
+        for split, target in (("val", tgt), ("test1", np.full(q, -1))):
+            w.write(f"images/{split}/global", rng.normal(size=(n_img, 4)).astype(np.float32))
+            w.write(f"images/{split}/ids", [f"{split}-{i}" for i in range(n_img)])
+            w.write(f"texts/{split}/pooled", rng.normal(size=(q, 4)).astype(np.float32))
+            w.write(f"texts/{split}/offsets", np.zeros(q + 1, dtype=np.int64))
+            w.write(f"texts/{split}/image_index", np.full(q, -1, dtype=np.int64))
+            w.write(f"composed/{split}/reference", ref)
+            w.write(f"composed/{split}/target", target)
+            w.write(f"composed/{split}/subsets", subsets)
+            w.write(f"composed/{split}/pair_ids", np.arange(q))
+    qe, ge = rng.normal(size=(q, 6)).astype(np.float32), rng.normal(size=(n_img, 6)).astype(np.float32)
+    np.savez(tmp_path / "comp.npz", queries=qe, gallery=ge)
+    code, _, err = run_main(capsys, "--embeddings", tmp_path / "comp.npz", "--cache", cache, "--split", "val",
+                            "--json", tmp_path / "val.json", "--no-plots")
+    assert code == 0, err
+    m = json.loads((tmp_path / "val.json").read_text())["metrics"]
+    expect = composed_recall(qe @ ge.T, tgt, reference=ref, subsets=subsets)
+    assert m["composed/R@5"] == pytest.approx(expect["R@5"])
+    assert m["composed/Rsubset@1"] == pytest.approx(expect["Rsubset@1"])
+    code, _, err = run_main(capsys, "--embeddings", tmp_path / "comp.npz", "--cache", cache, "--split", "test1",
+                            "--json", tmp_path / "sub" / "test1.json", "--no-plots")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "sub" / "test1.json").read_text())
+    assert rec["metrics"] == {} and len(rec["submission"]) == 2
+    recall = json.loads((tmp_path / "sub" / "recall_submission_test1.json").read_text())
+    subset = json.loads((tmp_path / "sub" / "recall_subset_submission_test1.json").read_text())
+    assert recall["version"] == "rc2" and set(recall) == {"version", "metric"} | {str(i) for i in range(q)}
+    assert len(recall["0"]) == 50 and f"test1-{ref[0]}" not in recall["0"] and len(subset["3"]) == 3

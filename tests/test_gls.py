@@ -1,0 +1,235 @@
+"""GLS / TGDT: alignment modes against a direct loop, the CMC loss, the frozen stage 1, and the
+G / L / GL evaluation modes through the evaluator's pairwise and shortlist sources."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
+from featvlr.methods.base import FeatureDims, StepState
+from featvlr.methods.gls import GLS, GLSLossOptions, GLSModelOptions
+from featvlr.modules.alignment import ALIGNMENT_MODES, TokenAlignment
+from featvlr.retrieval import EmbeddingScores, PairwiseScores, ShortlistRerankScores, ranks
+from featvlr.scenarios import evaluate_cross_modal
+
+DIMS = FeatureDims(region_dim=12, n_regions=5, text_dim=10)
+
+
+def _padded(lengths, width, dim, gen):
+    x = F.normalize(torch.randn(len(lengths), width, dim, generator=gen), dim=-1)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return x.masked_fill(~mask[..., None], 100.0), mask  # loud padding: it must never count
+
+
+def _toy(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img, imask = _padded([6, 4, 2], 6, 8, g)  # slot 0 included
+    txt, tmask = _padded([8, 5, 4, 3], 8, 8, g)  # [CLS] ... [SEP]; 3 tokens leave no word
+    return img, imask, txt, tmask
+
+
+def _loop_score(img, ilen, txt, tlen, mode, cut=3):
+    regions = [img[r] for r in range(1, ilen)]
+    words = [txt[w] for w in range(1, tlen - cut + 1)]  # drop [CLS], the last wordpiece (cut=3) and [SEP]
+    a = [[float(r @ w) for w in words] for r in regions]
+    mrsw = sum(max(a[r][w] for r in range(len(regions))) for w in range(len(words))) if regions else 0.0
+    mwsr = sum(max(a[r]) for r in range(len(regions))) if words else 0.0
+    total = sum(sum(row) for row in a)
+    return {"MrSw": mrsw, "MwSr": mwsr, "symm": mrsw + mwsr, "MrAVGw": mrsw / max(1, len(words)),
+            "sum": total, "mean": total / max(1, len(regions) * len(words))}[mode]
+
+
+@pytest.mark.parametrize("mode", ALIGNMENT_MODES)
+def test_alignment_modes_match_a_direct_loop(mode):
+    img, imask, txt, tmask = _toy()
+    ilen, tlen = imask.sum(1).tolist(), tmask.sum(1).tolist()
+    expected = torch.tensor([[_loop_score(img[i], ilen[i], txt[t], tlen[t], mode) for t in range(len(tlen))]
+                             for i in range(len(ilen))])
+    for max_elements in (1 << 20, 7):  # one block, and many tiny blocks
+        got = TokenAlignment(mode=mode, max_elements=max_elements)(img, imask, txt, tmask)
+        assert torch.allclose(got, expected, atol=1e-5), (mode, max_elements)
+    assert torch.allclose(TokenAlignment(mode=mode, scale=10.0)(img, imask, txt, tmask), 10 * expected, atol=1e-4)
+    keep_last = torch.tensor([[_loop_score(img[i], ilen[i], txt[t], tlen[t], mode, cut=2) for t in range(len(tlen))]
+                              for i in range(len(ilen))])
+    got = TokenAlignment(mode=mode, drop_last_wordpiece=False)(img, imask, txt, tmask)
+    assert torch.allclose(got, keep_last, atol=1e-5)
+    # Each query against its own candidates (the shortlist form) gives the same entries.
+    align = TokenAlignment(mode=mode)
+    cand = torch.tensor([[3, 0], [1, 1], [2, 0]])  # captions of images 0, 1, 2
+    got = align.grouped(img, imask, txt[cand], tmask[cand], queries="images")
+    assert torch.allclose(got, expected.gather(1, cand), atol=1e-5)
+    cand = torch.tensor([[2, 0], [1, 2], [0, 0], [1, 0]])  # images of captions 0..3
+    got = align.grouped(txt, tmask, img[cand], imask[cand], queries="texts")
+    assert torch.allclose(got, expected.t().gather(1, cand), atol=1e-5)
+
+
+def test_mrsw_is_not_length_normalised():
+    img, imask, txt, tmask = _toy(1)
+    tok = txt[:1].clone()
+    tok[0, 1:5] = img[0, 1]  # the same word repeated: every word's best region is 1.0
+    s = TokenAlignment()(img[:1], imask[:1], tok, tmask[:1])  # length 8 -> 5 words
+    assert torch.allclose(s, torch.tensor([[4.0 + float((img[0, 1:6] @ tok[0, 5]).max())]]), atol=1e-5)
+
+
+def test_cmc_loss_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    t = F.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    cmc = ConsistentMultimodalContrastiveLoss(margin=0.2, intra_margin=0.3)
+    inter, intra = cmc.terms(v, t)
+    assert torch.allclose(inter, HingeLoss(margin=0.2)(v @ t.t(), max_violation=True))
+    tt, vv = (t @ t.t()).tolist(), (v @ v.t()).tolist()
+    expected = sum(max(0.0, max(abs(tt[i][j] - vv[i][j]) for i in range(6)) - 0.3) for j in range(6))
+    assert abs(float(intra) - expected) < 1e-5
+    assert torch.allclose(cmc(v, t), inter + intra)
+    assert float(cmc.terms(v, v)[1]) == 0.0  # identical structures: no intra-modal cost
+
+
+def _opts(**kw) -> GLSModelOptions:
+    base = dict(embed_dim=16, layers=1, heads=2, ff_dim=32, dropout=0.1)
+    base.update(kw)
+    return GLSModelOptions(**base)
+
+
+def _batch(b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rl = torch.tensor([5, 3, 4, 5, 2, 5][:b])
+    tl = torch.tensor([7, 5, 6, 4, 7, 5][:b])
+    rmask = torch.arange(5)[None] < rl[:, None]
+    tmask = torch.arange(7)[None] < tl[:, None]
+    return {"regions": torch.randn(b, 5, 12, generator=g) * rmask[..., None],
+            "region_mask": rmask, "tokens": torch.randn(b, 7, 10, generator=g) * tmask[..., None],
+            "token_mask": tmask, "image_ids": torch.tensor([0, 1, 2, 3, 0, 4][:b])}
+
+
+def test_stage_two_leaves_stage_one_untouched():
+    torch.manual_seed(0)
+    m = GLS(_opts(stage=2), GLSLossOptions(), DIMS)
+    m.stage1_ready.fill_(True)  # as if loaded from a stage-1 run
+    m.train()
+    assert not m.stage1.training and m.stage2.training  # frozen stage 1: no dropout either
+    before1 = {k: v.clone() for k, v in m.stage1.state_dict().items()}
+    before2 = {k: v.clone() for k, v in m.stage2.state_dict().items()}
+    opt = torch.optim.AdamW(m.param_groups(1e-2, 1e-4))
+    out = m.training_step(_batch(), StepState())
+    assert {"matching_loss", "alignment_loss"} <= set(out) and float(out["intra"]) >= 0
+    sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+    opt.step()
+    assert all(p.grad is None for p in m.stage1.parameters())
+    assert all(torch.equal(before1[k], v) for k, v in m.stage1.state_dict().items())
+    assert any(not torch.equal(before2[k], v) for k, v in m.stage2.state_dict().items())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.stage2.parameters())
+
+
+def test_stage_one_trains_its_tokens_and_stage_two_needs_one():
+    torch.manual_seed(0)
+    m1 = GLS(_opts(stage=1, eval_mode="L"), GLSLossOptions(), DIMS)
+    out = m1.training_step(_batch(), StepState())
+    out["alignment_loss"].backward()
+    assert all(p.grad is not None for p in m1.stage1.parameters())
+    m2 = GLS(_opts(stage=2), GLSLossOptions(), DIMS)
+    with pytest.raises(Exception, match="stage 1"):
+        m2.training_step(_batch(), StepState())
+    with pytest.raises(Exception, match="eval_mode"):
+        GLS(_opts(stage=1, eval_mode="GL"), GLSLossOptions(), DIMS)
+
+
+def _encoded(seed=0, n_img=8, n_txt=12):
+    torch.manual_seed(seed)
+    m = GLS(_opts(stage=2, eval_mode="GL"), GLSLossOptions(), DIMS).eval()
+    g = torch.Generator().manual_seed(seed)
+    rl = torch.randint(2, 6, (n_img,), generator=g)
+    tl = torch.randint(4, 8, (n_txt,), generator=g)
+    rmask = torch.arange(5)[None] < rl[:, None]
+    tmask = torch.arange(7)[None] < tl[:, None]
+    with torch.no_grad():
+        images = m.encode_images({"regions": torch.randn(n_img, 5, 12, generator=g), "region_mask": rmask})
+        texts = m.encode_texts({"tokens": torch.randn(n_txt, 7, 10, generator=g), "token_mask": tmask})
+    return m, images, texts
+
+
+def _with_mode(m: GLS, **kw) -> GLS:
+    m.model_opts = dataclasses.replace(m.model_opts, **kw)
+    return m
+
+
+def _take(d, rows):
+    return {k: v[rows] for k, v in d.items()}
+
+
+def _sources(m, images, texts, queries, shortlist):
+    n_img, n_txt = images["global"].shape[0], texts["global"].shape[0]
+    pairwise = PairwiseScores(lambda i, t: m.score(_take(images, i), _take(texts, t)), n_img, n_txt,
+                              queries=queries, gallery_chunk=5)
+    q, g = (images, texts) if queries == "images" else (texts, images)
+    rerank = m.rerank_fn(images, texts)
+    gl = ShortlistRerankScores(EmbeddingScores(q["global"], g["global"]),
+                               lambda qr, cand: rerank(qr, cand, queries), shortlist)
+    return pairwise, gl
+
+
+@pytest.mark.parametrize("queries", ["images", "texts"])
+def test_gl_with_the_whole_gallery_as_shortlist_equals_l(queries):
+    m, images, texts = _encoded()
+    n_img, n_txt = 8, 12
+    positives = (torch.arange(n_txt) % n_img) if queries == "texts" else \
+        torch.stack([torch.arange(n_img), torch.arange(n_img) + n_img], 1).masked_fill(
+            torch.arange(n_img)[:, None] + n_img >= n_txt, -1)
+    gallery = n_txt if queries == "images" else n_img
+    # Local re-rank only (global weight 0): GL over the whole gallery ranks exactly as L.
+    _with_mode(m, eval_mode="L")
+    l_src, _ = _sources(m, images, texts, queries, gallery)
+    r_l = ranks(l_src, positives)
+    _with_mode(m, eval_mode="GL", global_weight=0.0)
+    _, gl_src = _sources(m, images, texts, queries, gallery)
+    assert torch.equal(ranks(gl_src, positives), r_l)
+    # With the global term: GL over the whole gallery = the fused score on every pair.
+    _with_mode(m, eval_mode="GL", global_weight=1.0)
+    fused_src, gl_src = _sources(m, images, texts, queries, gallery)
+    assert torch.equal(ranks(gl_src, positives), ranks(fused_src, positives))
+    assert torch.allclose(gl_src.block(0, 3), fused_src.block(0, 3), atol=1e-5)
+
+
+def test_ground_truth_outside_the_shortlist_is_a_miss():
+    m, images, texts = _encoded(n_img=4, n_txt=4)
+    texts["tokens"] = images["tokens"][:, :1].expand(4, 4, 16).clone()  # caption k: 4 copies of a region of image k
+    texts["mask"] = torch.ones(4, 4, dtype=torch.bool)
+    # Globals: image 0 is farthest from its own caption.
+    images["global"] = F.normalize(torch.tensor([[1.0, 0], [0, 1], [0.7, 0.7], [1, 0.2]]), dim=-1)
+    texts["global"] = F.normalize(torch.tensor([[-1.0, 0], [0, 1], [0.7, 0.7], [1, 0.2]]), dim=-1)
+    positives = torch.arange(4)
+    _with_mode(m, eval_mode="L")
+    l_src, _ = _sources(m, images, texts, "images", 2)
+    assert int(ranks(l_src, positives)[0]) == 0  # the local score alone finds it
+    _with_mode(m, eval_mode="GL")
+    _, gl_src = _sources(m, images, texts, "images", 2)
+    r = ranks(gl_src, positives)
+    assert int(r[0]) >= 2  # outside the 2-item shortlist: a miss (the reference code says rank 0)
+    # The same through the evaluator's shortlist mode: image 0 misses at R@1 (1 of 4 queries).
+    plan = m.shortlist_plan(images, texts)
+    assert plan["shortlist"] == (50, 100)
+    res = evaluate_cross_modal(plan["images"], plan["texts"], {"txt2img": positives}, ["i2t"],
+                               rerank_fn=plan["rerank_fn"], shortlist=(2, 2))
+    assert res["i2t/R@1"] == pytest.approx(75.0)  # the reference code would report 100
+    local = evaluate_cross_modal(images, texts, {"txt2img": positives}, ["i2t"],
+                                 score_fn=lambda i, t: _with_mode(m, eval_mode="L").score(_take(images, i),
+                                                                                          _take(texts, t)))
+    assert local["i2t/R@1"] == pytest.approx(100.0)
+    assert _with_mode(m, eval_mode="L").shortlist_plan(images, texts) is None
+    assert set(_with_mode(m, eval_mode="G").shortlist_plan(images, texts)) == {"images", "texts"}
+
+
+def test_encoders_return_what_the_mode_needs():
+    m, images, texts = _encoded()
+    assert set(images) == {"tokens", "mask", "global"} and images["tokens"].shape[:2] == (8, 5)  # slot 0 dropped
+    assert texts["tokens"].shape[:2] == (12, 4)  # [CLS], last wordpiece, [SEP] dropped
+    assert torch.allclose(images["global"].norm(dim=-1), torch.ones(8), atol=1e-5)
+    _with_mode(m, eval_mode="G")
+    g = m.score(images, texts)
+    assert torch.allclose(g, images["global"] @ texts["global"].t())
+    _with_mode(m, eval_mode="L", local_scale=10.0)
+    direct = TokenAlignment(teran_slicing=False)(images["tokens"], images["mask"], texts["tokens"], texts["mask"])
+    assert torch.allclose(m.score(images, texts), 10 * direct)

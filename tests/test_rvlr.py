@@ -1,0 +1,227 @@
+"""RVLR: distillation losses against direct computations, lambda, the teachers and their cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+import featvlr.teachers as teachers
+from featvlr.checkpoint import load_method, resolve_checkpoint
+from featvlr.config import load_config
+from featvlr.data import CaptionBatches
+from featvlr.losses.distill import RepresentationDistillation, StructureDistillation, wasserstein_1d
+from featvlr.methods import StepState, get_method
+from featvlr.store import FeatureStore
+from featvlr.train import feature_dims, train
+
+from synthetic import write_synthetic_cache
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return write_synthetic_cache(tmp_path_factory.mktemp("cache") / "syn.h5")
+
+
+@pytest.fixture(scope="module")
+def vse_run(cache, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "base"
+    train(quick(cache, "method=vse", epochs=1), run)
+    return run
+
+
+def quick(cache: Path, *extra: str, epochs: int = 1):
+    return load_config(None, ["method=rvlr", f"data.cache={cache}", "data.dataset=synthetic", "model.embed_dim=32",
+                              f"train.epochs={epochs}", "train.batch_size=32", "train.progress=false",
+                              "train.eval_every=0", "data.test_split=", *extra])
+
+
+def first_batch(cache: Path) -> dict[str, torch.Tensor]:
+    batches = CaptionBatches(FeatureStore(cache).split("train"), batch_size=32, seed=0, region_dropout=0.2)
+    batches.set_epoch(0)
+    return batches[0]
+
+
+# -- the losses against direct computations ---------------------------------------------
+
+def _direct(student, teacher_text, teacher_image, lam, tau, distance):
+    """Loop-by-loop reference: relations over i != j, then the distance."""
+    def rel(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return x @ x.T / tau
+
+    n = student.shape[0]
+    f, t, i = rel(student), rel(teacher_text), rel(teacher_image)
+    e = lam * t + (1 - lam) * i
+    rows = lambda m: [np.array([m[r, c] for c in range(n) if c != r]) for r in range(n)]  # noqa: E731
+
+    def dist(a, b):
+        if distance == "mae":
+            return np.mean([np.abs(x - y).mean() for x, y in zip(rows(a), rows(b))])
+        if distance == "mse":
+            return np.mean([((x - y) ** 2).mean() for x, y in zip(rows(a), rows(b))])
+        return np.mean([scipy.stats.wasserstein_distance(x, y) for x, y in zip(rows(a), rows(b))])
+
+    return dist(f, e), dist(i, e), dist(t, e)
+
+
+@pytest.mark.parametrize("distance", ["mae", "mse", "wd"])
+def test_structure_distances_match_direct_computation(distance):
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    tt = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    ti = torch.randn(7, 9, generator=g, dtype=torch.float64)
+    loss = StructureDistillation(distance=distance, temperature=0.5, init_lambda=0.3).double()
+    out = loss([student], tt, ti)
+    kd, kdi, kdt = _direct(student.numpy(), tt.numpy(), ti.numpy(), 0.3, 0.5, distance)
+    assert out["kd"].item() == pytest.approx(kd, rel=1e-6)
+    assert out["kdi"].item() == pytest.approx(kdi, rel=1e-6)
+    assert out["kdt"].item() == pytest.approx(kdt, rel=1e-6)
+    both = loss([student, 2 * ti[:, :5]], tt, ti)["kd"].item()  # "both": the mean over students
+    kd2 = _direct((2 * ti[:, :5]).numpy(), tt.numpy(), ti.numpy(), 0.3, 0.5, distance)[0]
+    assert both == pytest.approx((kd + kd2) / 2, rel=1e-6)
+
+
+def test_weighted_wasserstein_matches_scipy():
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn(4, 6, generator=g, dtype=torch.float64), 2 * torch.randn(4, 9, generator=g, dtype=torch.float64)
+    wu, wv = torch.rand(4, 6, generator=g, dtype=torch.float64), torch.rand(4, 9, generator=g, dtype=torch.float64)
+    got = wasserstein_1d(u, v, wu, wv)
+    want = [scipy.stats.wasserstein_distance(u[r], v[r], wu[r], wv[r]) for r in range(4)]
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-10)
+    # gradient of W1 between equal-size samples: sign(sorted u - sorted v) / m at each order statistic
+    u.requires_grad_(True)
+    wasserstein_1d(u, v[:, :6]).sum().backward()
+    su, order = u.detach().sort(-1)
+    sv = v[:, :6].sort(-1).values
+    want_grad = torch.zeros_like(u).scatter(-1, order, torch.sign(su - sv) / 6)
+    assert torch.allclose(u.grad, want_grad)
+
+
+def test_representation_distillation_is_one_direction_soft_id_ce():
+    g = torch.Generator().manual_seed(2)
+    s, t = F.normalize(torch.randn(6, 4, generator=g), dim=-1), F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    ids = torch.tensor([0, 0, 1, 2, 2, 2])
+    got = RepresentationDistillation(temperature=0.1, learnable=False)(s, t, ids)
+    logp = torch.log_softmax(s @ t.T / 0.1, dim=1)
+    want = -np.mean([logp[i, ids == ids[i]].mean().item() for i in range(6)])
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+# -- lambda and the relation temperature ---------------------------------------------------
+
+def test_lambda_moves_under_the_structure_loss_and_stays_in_unit_interval():
+    g = torch.Generator().manual_seed(3)
+    tt, ti = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    student = tt.clone()  # the student's relations are the text teacher's: lambda should go up
+    loss = StructureDistillation(distance="mae", init_lambda=0.5)
+    opt = torch.optim.SGD(loss.parameters(), lr=2.0)
+    seen = [loss.lam.item()]
+    for _ in range(40):
+        opt.zero_grad()
+        out = loss([student], tt, ti)
+        (2 * out["kd"] + out["kdi"] + out["kdt"]).backward()
+        opt.step()
+        seen.append(loss.lam.item())
+    assert seen[-1] > 0.9 and all(0.0 < x < 1.0 for x in seen)
+    # with MAE the two mixture terms sum to mean|I - T| whatever lambda: they give it no gradient
+    loss.zero_grad()
+    out = loss([student], tt, ti)
+    (out["kdi"] + out["kdt"]).backward()
+    assert abs(loss.lambda_logit.grad.item()) < 1e-5
+    # with MSE they pull lambda toward 1/2
+    mse = StructureDistillation(distance="mse", init_lambda=0.9)
+    out = mse([student], tt, ti)
+    (out["kdi"] + out["kdt"]).backward()
+    assert mse.lambda_logit.grad.item() > 0
+
+
+def test_relation_temperature_is_fixed_or_clamped():
+    fixed = StructureDistillation()
+    assert "log_tau" not in dict(fixed.named_parameters())
+    free = StructureDistillation(learnable_temperature=True, tau_max=1.0)
+    opt = torch.optim.SGD(free.parameters(), lr=5.0)
+    x = torch.randn(8, 4)
+    for _ in range(30):  # the structure terms shrink as tau2 grows: the clamp stops it
+        opt.zero_grad()
+        out = free([x], torch.randn(8, 4), torch.randn(8, 4))
+        (out["kd"] + out["kdi"] + out["kdt"]).backward()
+        opt.step()
+    assert free.tau.item() <= 1.0 + 1e-6
+
+
+# -- teachers ----------------------------------------------------------------------------
+
+def test_feature_teacher_receives_no_gradient(cache):
+    cfg = quick(cache, "model.teacher=features")
+    method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    batch = first_batch(cache)
+    batch["pooled_text"].requires_grad_(True)  # read only by the teacher
+    out = method(batch, StepState())
+    sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+    assert batch["pooled_text"].grad is None
+    assert {"image_distill_loss", "text_distill_loss", "structure_loss", "image_mixture_loss",
+            "text_mixture_loss", "contrastive_loss"} <= set(out)
+    assert method.teacher_text_proj.weight.grad is not None and method.teacher_image_proj.weight.grad is not None
+    assert method.structure.lambda_logit.grad is not None
+    assert method.encoders.text_proj.weight.grad.abs().sum() > 0
+
+
+def test_run_teacher_is_frozen_and_looked_up_by_row(cache, vse_run, tmp_path):
+    cfg = get_method("rvlr").prepare(quick(cache, f"model.teacher={vse_run}"), tmp_path / "r")
+    path = Path(cfg.model.teacher_cache)
+    assert path.parent == Path(str(cache) + ".teachers") and cfg.model.teacher_dim == 32
+    method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    batch = first_batch(cache)
+    teacher, _ = load_method(vse_run)
+    with torch.no_grad():
+        img, txt = method.teacher_rows(batch)
+        want_txt = teacher.encode_texts(batch)
+    assert torch.allclose(txt, want_txt, atol=2e-3)  # float16 on disk
+    before = resolve_checkpoint(vse_run).read_bytes()
+    out = method(batch, StepState())
+    sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+    table = method._table
+    assert not table.image.requires_grad and not table.text.requires_grad and table.image.grad is None
+    assert resolve_checkpoint(vse_run).read_bytes() == before
+    # the student started from the teacher's encoders (the paper's stage 2)
+    assert torch.equal(method.encoders.text_proj.weight.detach(), teacher.encoders.text_proj.weight)
+
+
+def test_teacher_cache_is_reused_not_recomputed(cache, vse_run, monkeypatch):
+    calls = []
+    real = teachers.compute_teacher_features
+    monkeypatch.setattr(teachers, "compute_teacher_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ckpt = resolve_checkpoint(vse_run)
+    first = teachers.ensure_teacher_cache(ckpt, cache, "train")
+    mtime = first.stat().st_mtime_ns
+    second = teachers.ensure_teacher_cache(ckpt, cache, "train")
+    assert first == second and second.stat().st_mtime_ns == mtime and len(calls) <= 1
+    n = len(calls)
+    teachers.ensure_teacher_cache(ckpt, cache, "train")
+    assert len(calls) == n  # a third call reads the same file
+    stat = ckpt.stat()
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a retrained teacher: new file
+    third = teachers.ensure_teacher_cache(ckpt, cache, "train")
+    assert third != first and len(calls) == n + 1
+    table = teachers.load_teacher_cache(third)
+    split = FeatureStore(cache).split("train")
+    assert table.image.shape == (split.n_images, 32) and table.text.shape == (split.n_texts, 32)
+    assert not list(third.parent.glob("*.partial"))
+
+
+def test_two_stages_in_one_command(cache, tmp_path):
+    run = tmp_path / "rvlr"
+    result = train(quick(cache), run)
+    assert (run / "teacher" / "ckpt" / "best.pt").exists() and (run / "ckpt" / "best.pt").exists()
+    method, cfg = load_method(run)
+    assert cfg.method == "rvlr" and cfg.model.teacher == str(run / "teacher")
+    assert Path(cfg.model.teacher_cache).exists() and result.epochs_run == 1
+    teacher_mtime = (run / "teacher" / "ckpt" / "last.pt").stat().st_mtime_ns
+    cfg2 = get_method("rvlr").prepare(quick(cache), run)  # a second prepare reuses the finished base
+    assert (run / "teacher" / "ckpt" / "last.pt").stat().st_mtime_ns == teacher_mtime
+    assert cfg2.model.teacher_cache == cfg.model.teacher_cache
