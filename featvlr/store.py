@@ -154,7 +154,7 @@ class FeatureStore:
 
     # -- pickling: reopen lazily in each worker -------------------------------------------
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_h5": None, "_pid": None}
+        return {"path": self.path, "_h5": None, "_pid": None, "_split_views": {}}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -219,9 +219,13 @@ class FeatureStore:
         return SplitInfo(split, int(n_img), int(n_txt), datasets)
 
     def split(self, name: str) -> "StoreSplit":
-        if name not in self.splits():
-            raise InputError(self.path, f"no split {name!r} in the cache (it has: {', '.join(self.splits()) or 'none'})")
-        return StoreSplit(self, name)
+        """The split ``name``; the same object on every call, so in-memory arrays are shared."""
+        cached = self.__dict__.setdefault("_split_views", {})
+        if name not in cached:
+            if name not in self.splits():
+                raise InputError(self.path, f"no split {name!r} in the cache (it has: {', '.join(self.splits()) or 'none'})")
+            cached[name] = StoreSplit(self, name)
+        return cached[name]
 
     # -- validation ----------------------------------------------------------------------
     def validate(self, *, sample_rows: int = 64) -> None:
@@ -282,6 +286,25 @@ class FeatureStore:
         sample = ds[rows] if len(rows) < ds.shape[0] else ds[:]
         if not np.all(np.isfinite(sample)):
             raise InputError(self.path, f"{name} contains NaN or inf values")
+
+
+_OPEN_STORES: dict[tuple[str, int, int], FeatureStore] = {}
+
+
+def open_store(path: str | os.PathLike) -> FeatureStore:
+    """A validated :class:`FeatureStore`, opened once per process and file version.
+
+    Repeated runs in one process (``featvlr ablate``) share the store and the splits it has
+    read into memory; a rewritten file (new size or mtime) is opened afresh.
+    """
+    p = Path(path)
+    if not p.exists():
+        return FeatureStore(p)  # raises the usual clear error
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _OPEN_STORES:
+        _OPEN_STORES[key] = FeatureStore(p)
+    return _OPEN_STORES[key]
 
 
 class StoreSplit:

@@ -36,7 +36,7 @@ from featvlr.errors import ConfigError, FeatvlrError, InputError
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.registry import get_method
 from featvlr.runlog import RunLogger
-from featvlr.store import FeatureStore, StoreSplit
+from featvlr.store import StoreSplit, open_store
 
 
 class TrainingDiverged(FeatvlrError):
@@ -180,7 +180,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     cfg = method_cls.prepare(cfg, run_dir)
     seed_everything(cfg.train.seed + rank)
 
-    store = FeatureStore(cfg.data.cache)
+    store = open_store(cfg.data.cache)
     train_split = store.split(cfg.data.train_split)
     if _in_memory(cfg, train_split):
         train_split.load_in_memory()

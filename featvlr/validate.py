@@ -51,5 +51,26 @@ def write_eval(method, split, cfg: Config, device, path: str | Path, *, checkpoi
     with torch.no_grad():
         metrics = evaluate_split(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
                                  submission_dir=Path(path).parent / "submission")
-    return write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
-                         seconds=time.perf_counter() - t0, checkpoint=checkpoint)
+    record = write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
+                           seconds=time.perf_counter() - t0, checkpoint=checkpoint)
+    if getattr(method, "task", "cross_modal") == "cross_modal" and not getattr(method, "pairwise", False):
+        save_query_ranks(method, split, cfg, device, Path(path).with_name(f"{split.name}_ranks.npz"))
+    return record
+
+
+def save_query_ranks(method, split, cfg: Config, device, path: Path) -> Path:
+    """Per-query 0-based i2t and t2i ranks (whole split), for paired significance tests."""
+    import numpy as np
+
+    from featvlr.retrieval import EmbeddingScores, embed_split, group_positives, ranks
+
+    with torch.no_grad():
+        images, texts = embed_split(method, split, batch_size=cfg.eval.batch_size, device=device)
+        txt2img = torch.as_tensor(split.image_index(), device=images.device)
+        i2t = ranks(EmbeddingScores(images, texts), group_positives(txt2img, split.n_images),
+                    chunk_elements=cfg.eval.chunk_elements)
+        t2i = ranks(EmbeddingScores(texts, images), txt2img, chunk_elements=cfg.eval.chunk_elements)
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, i2t=i2t.cpu().numpy(), t2i=t2i.cpu().numpy())
+    tmp.replace(path)
+    return path

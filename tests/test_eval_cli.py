@@ -81,12 +81,21 @@ def test_embeddings_with_cache(files, capsys):
 
 
 def test_sims_subprocess(files):
+    """A fresh interpreter (as is test_bad_input_subprocess); the other CLI tests call the same
+    entry point, ``featvlr.cli.main``, in-process."""
     root = files["root"]
     p = run_cli("--sims", root / "sims.npy", "--json", root / "s.json", "--no-plots", cwd=root)
     assert p.returncode == 0, p.stderr
     m = json.loads((root / "s.json").read_text())["metrics"]
     assert m["t2i/R@5"] == pytest.approx(cross_modal_recall(files["img"] @ files["txt"].T)["t2i_R@5"])
     assert "t2i" in p.stdout
+
+
+def test_bad_input_subprocess(files):
+    root = files["root"]
+    p = run_cli("--sims", root / "sims.npy", "--scenarios", "t2t", cwd=root)
+    assert p.returncode == 2
+    assert p.stderr.startswith("featvlr: error:") and "needs embeddings" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_sims_with_relevance_file_and_raw_memmap(files, capsys):
@@ -160,13 +169,6 @@ def test_bad_input_exit_2(files, capsys, case, message):
     code, out, err = run_main(capsys, *args, "--json", bad / "out.json")
     assert code == 2, (out, err)
     assert message in err and err.startswith("featvlr: error:") and err.count("\n") == 1
-
-
-def test_bad_input_subprocess(files):
-    root = files["root"]
-    p = run_cli("--sims", root / "sims.npy", "--scenarios", "t2t", cwd=root)
-    assert p.returncode == 2
-    assert p.stderr.startswith("featvlr: error:") and "needs embeddings" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_composed_embeddings_and_cirr_submission(tmp_path, capsys):

@@ -46,7 +46,8 @@ Differences from the paper code (its behaviour is described in METHODS.md, secti
   by the global batch size): the paper's weights then keep their balance against the base.
 - **Two stages, one train section.** Stage 1 and stage 2 use the config's ``train`` section
   (epochs, schedule); the student starts from the stage-1 weights
-  (``model.init_from_teacher``) as the paper's stage 2 loads its stage-1 checkpoint.
+  (``model.init_from_teacher``) as the paper's stage 2 loads its stage-1 checkpoint, and
+  then skips the hinge's sum-over-negatives warm-up (the base had it).
 - **Checkpoint selection on the dev split** (the paper selects on test), fixed seeds.
 """
 from __future__ import annotations
@@ -197,7 +198,8 @@ class RVLR(Method):
             learnable_temperature=loss.learnable_structure_temperature, tau_max=loss.structure_temperature_max,
             init_lambda=loss.init_lambda, learnable_lambda=loss.learnable_lambda)
         self._table: TeacherTable | None = None
-        self._pending_init = model.teacher != "features" and model.init_from_teacher
+        self.starts_from_teacher = model.teacher != "features" and model.init_from_teacher
+        self._pending_init = self.starts_from_teacher
 
     # -- preparation ---------------------------------------------------------------------
     @classmethod
@@ -274,6 +276,8 @@ class RVLR(Method):
             teacher_image, teacher_text = self.teacher_rows(batch)
             teacher_image, teacher_text = gather_no_grad(teacher_image), gather_no_grad(teacher_text)
 
+        if self.starts_from_teacher:  # the hinge warm-up was the base's; the student goes on from there
+            state = dataclasses.replace(state, epoch=state.epoch + lo.warmup_epochs)
         out = {"contrastive_loss": lo.contrastive_weight * cross_modal_loss(self.criterion, lo, v_all, t_all, ids,
                                                                               state)}
         summed = lo.reduction == "sum" or (lo.reduction == "auto" and not isinstance(self.criterion, SoftIdInfoNCE))

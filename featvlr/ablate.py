@@ -1,0 +1,184 @@
+"""`featvlr ablate`: the product of a grid and seeds, each a normal run folder, then one report.
+
+    featvlr ablate --config configs/demo_vse.yaml --grid loss.margin=0.1,0.2 --grid method=vse,hrem \\
+        --seeds 0,1,2 --out runs/ablation
+
+Every combination is validated before anything runs (an unknown key or a value of the wrong
+type is refused up front). Runs already finished (their ``eval/<test split>.json`` exists)
+are skipped, and a run interrupted mid-way resumes from its ``ckpt/last.pt``, so an
+interrupted ablation picks up where it stopped. Runs share one process's feature cache
+(:func:`featvlr.store.open_store` keeps the in-memory split), and with ``jobs > 1`` several
+worker processes take runs side by side (one per GPU when there are several).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from featvlr.config import Config, load_config, parse_override, read_yaml
+from featvlr.errors import ConfigError
+
+
+@dataclass
+class PlannedRun:
+    """One cell of the ablation: its grid values, seed, overrides and folder."""
+
+    values: dict[str, Any]
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+    config: Config
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.values)
+
+    def finished(self) -> bool:
+        split = self.config.data.test_split
+        if split:
+            return (self.run_dir / "eval" / f"{split}.json").exists()
+        return (self.run_dir / "ckpt" / "best.pt").exists()
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["loss.margin=0.1,0.2", "method=vse,hrem"]`` -> ``{"loss.margin": [0.1, 0.2], ...}``.
+
+    Values are comma-separated and each parsed as YAML (``0.1`` a number, ``true`` a bool,
+    ``[1,2]`` is not split: brackets protect commas).
+    """
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, raw = parse_override(item)
+        if not isinstance(raw, str):  # a single YAML value (number, bool, list)
+            raw_values = [raw]
+        else:
+            raw_values = [yaml.safe_load(v) if v.strip() else "" for v in _split_commas(raw)]
+        if key in grid:
+            raise ConfigError(f"--grid {key} given twice")
+        if not raw_values:
+            raise ConfigError(f"--grid {key} has no values")
+        grid[key] = raw_values
+    return grid
+
+
+def _split_commas(text: str) -> list[str]:
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return [s.strip() for s in out]
+
+
+def _fmt_value(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def variant_name(values: dict[str, Any]) -> str:
+    """A folder-safe name of a grid cell, e.g. ``loss.margin=0.1__method=vse`` (``base`` if empty)."""
+    if not values:
+        return "base"
+    parts = [f"{k}={_fmt_value(v)}" for k, v in values.items()]
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", "__".join(parts))
+
+
+def plan_runs(config: str | Path, grid: dict[str, list[Any]], seeds: list[int], out: str | Path,
+              extra: list[str] | None = None) -> list[PlannedRun]:
+    """Expand grid x seeds into validated runs (raises before anything runs on a bad cell)."""
+    base = read_yaml(config)
+    out = Path(out)
+    keys = list(grid)
+    runs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        for seed in seeds:
+            overrides = list(extra or []) + [f"{k}={_fmt_value(v)}" for k, v in values.items()] + [f"train.seed={seed}"]
+            try:
+                cfg = load_config(None, overrides, base=base)
+            except ConfigError as exc:
+                raise ConfigError(f"{config}: grid cell {variant_name(values)}: {exc}") from None
+            runs.append(PlannedRun(values, seed, overrides, out / variant_name(values) / f"seed{seed}", cfg))
+    return runs
+
+
+def _run_one(run: PlannedRun) -> dict[str, Any]:
+    from featvlr.train import train
+
+    if run.finished():
+        return {"run_dir": str(run.run_dir), "status": "skipped"}
+    resume = (run.run_dir / "ckpt" / "last.pt").exists()
+    train(run.config, run.run_dir, resume=resume)
+    return {"run_dir": str(run.run_dir), "status": "resumed" if resume else "trained"}
+
+
+def _worker(runs: list[PlannedRun], threads: int, gpu: int | None) -> list[dict[str, Any]]:
+    import torch
+
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    torch.set_num_threads(max(1, threads))
+    return [_run_one(r) for r in runs]
+
+
+def default_jobs() -> int:
+    """One worker per GPU when there are several; on CPU one worker per 4 cores (at least 1)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], out: str | Path, *,
+                 jobs: int | None = None, extra: list[str] | None = None, report: bool = True,
+                 progress: bool = False) -> dict[str, Any]:
+    """Plan, run (skipping finished runs) and report; returns statuses and report paths."""
+    grid = parse_grid(grid_items)
+    runs = plan_runs(config, grid, seeds, out, (extra or []) + [f"train.progress={str(progress).lower()}"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.yaml").write_text(yaml.safe_dump({
+        "config": str(config), "grid": grid, "seeds": seeds, "extra": list(extra or []),
+        "runs": [str(r.run_dir.relative_to(out)) for r in runs]}, sort_keys=False), encoding="utf-8")
+    jobs = jobs or default_jobs()
+    todo = [r for r in runs if not r.finished()]
+    statuses = [{"run_dir": str(r.run_dir), "status": "skipped"} for r in runs if r.finished()]
+    if jobs <= 1 or len(todo) <= 1:
+        statuses += [_run_one(r) for r in todo]
+    else:
+        import torch
+
+        n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        shares = [todo[i::jobs] for i in range(jobs)]
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, share, threads, (i % n_gpu) if n_gpu else None)
+                       for i, share in enumerate(shares) if share]
+            for f in futures:
+                statuses += f.result()
+    result: dict[str, Any] = {"runs": statuses}
+    if report:
+        from featvlr.report import write_report
+
+        baseline = variant_name({k: v[0] for k, v in grid.items()}) if grid else None
+        result["report"] = write_report([r.run_dir for r in runs], out / "report", baseline=baseline)
+    return result
+
+
+__all__ = ["PlannedRun", "parse_grid", "plan_runs", "run_ablation", "variant_name", "default_jobs"]
