@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from featvlr.errors import ConfigError
-from featvlr.losses.structure import (StructurePreservationLoss, off_diagonal, relation_kl, relation_matrix,
-                                      relation_mse)
+from featvlr.losses.structure import (
+    StructurePreservationLoss,
+    off_diagonal,
+    relation_kl,
+    relation_matrix,
+    relation_mse,
+)
 from featvlr.methods.base import FeatureDims, StepState
 from featvlr.methods.covlr import CoVLR, first_occurrence, select_virtual, split_batch
 from featvlr.methods.registry import get_method
@@ -62,7 +66,7 @@ def method_grads(method, batch) -> dict[str, torch.Tensor]:
 
 def ref_towers(p: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     r, rm = batch["regions"], batch["region_mask"]
-    b, n_r, d = r.shape
+    b, n_r, _ = r.shape
     h = r @ p["image_proj.mlp_in.weight"].t() + p["image_proj.mlp_in.bias"]
     flat = h.reshape(b * n_r, -1)  # BatchNorm over every region slot, padding included
     mu, var = flat.mean(0), flat.var(0, unbiased=False)
@@ -88,31 +92,41 @@ def ref_hinge(v, t, ids, margin=0.2):
     return cost_c.max(1).values.sum() + cost_i.max(0).values.sum()
 
 
-def ref_structure(x, ref, tau, match):
+def ref_structure(x, ref, tau, match, ids=None):
+    """Row by row: the compared pairs are the other items (of other images when ``ids``)."""
     def rel(a):
         a = a / a.norm(dim=1, keepdim=True)
-        s = a @ a.t() / tau
-        n = s.shape[0]
-        keep = ~torch.eye(n, dtype=torch.bool)
-        return s[keep].reshape(n, n - 1)
+        return a @ a.t() / tau
 
     s, r = rel(x), rel(ref)
+    rows_s, rows_r = [], []
+    for i in range(s.shape[0]):
+        keep = [j for j in range(s.shape[0]) if j != i and (ids is None or ids[j] != ids[i])]
+        if keep:
+            rows_s.append(s[i, keep])
+            rows_r.append(r[i, keep])
     if match == "mse":
-        return ((s - r) ** 2).mean()
-    p_r = torch.softmax(r, 1)
-    return (p_r * (torch.log(p_r) - torch.log_softmax(s, 1))).sum(1).mean()
+        return torch.cat([(a - b) ** 2 for a, b in zip(rows_s, rows_r)]).mean()
+    kls = []
+    for a, b in zip(rows_s, rows_r):
+        p_r = torch.softmax(b, 0)
+        kls.append((p_r * (torch.log(p_r) - torch.log_softmax(a, 0))).sum())
+    return torch.stack(kls).mean()
 
 
-def ref_meta_test(p, batch, tau, match):
+def ref_meta_test(p, batch, tau, match, exclude_positives=False):
     v, t = ref_towers(p, batch)
     ids = batch["image_ids"].tolist()
     keep = [i for i, x in enumerate(ids) if x not in ids[:i]]
     rm = batch["region_mask"].unsqueeze(-1).to(batch["regions"].dtype)
     mean_regions = (batch["regions"] * rm).sum(1) / rm.sum(1)
-    return ref_structure(v[keep], mean_regions[keep], tau, match) + ref_structure(t, batch["pooled_text"], tau, match)
+    text_ids = ids if exclude_positives else None
+    return ref_structure(v[keep], mean_regions[keep], tau, match) \
+        + ref_structure(t, batch["pooled_text"], tau, match, text_ids)
 
 
-def reference_grads(method: CoVLR, batch, *, alpha, beta, tau, match, virtual, second_order=True):
+def reference_grads(method: CoVLR, batch, *, alpha, beta, tau, match, virtual, second_order=True,
+                    exclude_positives=False):
     """grad of L_cm(theta) + beta * L_mt(theta - alpha * grad L_cm(theta)) by plain autograd."""
     theta = {n: p.detach().clone().requires_grad_(True) for n, p in method.encoders.named_parameters()}
     v, t = ref_towers(theta, batch)
@@ -121,18 +135,20 @@ def reference_grads(method: CoVLR, batch, *, alpha, beta, tau, match, virtual, s
     g = torch.autograd.grad(l_cm, [theta[n] for n in names], create_graph=second_order, retain_graph=True)
     fast = dict(theta)
     fast.update({n: theta[n] - alpha * gi for n, gi in zip(names, g)})
-    total = l_cm + beta * ref_meta_test(fast, batch, tau, match)
+    total = l_cm + beta * ref_meta_test(fast, batch, tau, match, exclude_positives)
     grads = torch.autograd.grad(total, list(theta.values()), allow_unused=True)
     return {n: gr for n, gr in zip(theta, grads)}, theta, names
 
 
-@pytest.mark.parametrize("virtual,match", [(["all"], "kl"), (["text_proj", "image_proj.mlp_out"], "mse")])
-def test_outer_gradient_matches_plain_autograd_second_order(virtual, match):
+@pytest.mark.parametrize("virtual,match,exclude_positives", [
+    (["all"], "kl", False), (["text_proj", "image_proj.mlp_out"], "mse", False), (["heads"], "kl", True)])
+def test_outer_gradient_matches_plain_autograd_second_order(virtual, match, exclude_positives):
     batch = make_batch()
-    method = make_covlr(virtual_params=virtual, match=match)
+    method = make_covlr(virtual_params=virtual, match=match, exclude_positives=exclude_positives)
     got = method_grads(method, batch)
     names = method.virtual_names
-    want, _, _ = reference_grads(method, batch, alpha=0.3, beta=0.7, tau=0.5, match=match, virtual=names)
+    want, _, _ = reference_grads(method, batch, alpha=0.3, beta=0.7, tau=0.5, match=match, virtual=names,
+                                 exclude_positives=exclude_positives)
     for n, w in want.items():
         assert torch.allclose(got[f"encoders.{n}"], w, atol=1e-9, rtol=1e-7), n
 
@@ -274,6 +290,17 @@ def test_relation_helpers():
     assert relation_kl(rel, rel).abs() < 1e-12 and relation_mse(rel, rel) == 0
     assert relation_kl(rel, relation_matrix(torch.randn(5, 3, dtype=torch.float64), "cosine", 0.5)) > 0
     assert first_occurrence(torch.tensor([4, 4, 2, 4, 2, 1])).tolist() == [True, False, True, False, False, True]
+    # leaving pairs out == dropping them from each row by hand
+    ids = torch.tensor([0, 0, 1, 2, 2])
+    s, r = relation_matrix(torch.randn(5, 3, dtype=torch.float64), "cosine", 0.5), rel
+    ignore = ids[:, None] == ids[None, :]
+    want = []
+    for i in range(5):
+        keep = [j for j in range(5) if ids[j] != ids[i]]
+        p = torch.softmax(r[i, keep], 0)
+        want.append((p * (p.log() - torch.log_softmax(s[i, keep], 0))).sum())
+    assert torch.allclose(relation_kl(s, r, ignore=ignore), torch.stack(want).mean())
+    assert torch.allclose(relation_mse(s, r, ignore=ignore), ((s - r) ** 2)[~ignore].mean())
 
 
 # ---- DDP: two gloo processes equal one process on the global batch -----------------------

@@ -72,15 +72,6 @@ def write_composed_cache(path: Path, *, n_sets=(12, 4), image_dim: int = 16, tex
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return write_composed_cache(tmp_path_factory.mktemp("composed") / "toy.h5")

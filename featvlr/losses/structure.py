@@ -11,7 +11,8 @@ Helpers:
   "euclidean", divided by a temperature).
 - :func:`off_diagonal`: ``[B, B] -> [B, B-1]``, each row without its self entry.
 - :func:`relation_kl`, :func:`relation_mse`, :func:`relation_mae`: distances between two
-  ``[B, B]`` relation matrices (the reference side gets no gradient).
+  ``[B, B]`` relation matrices over the off-diagonal pairs, optionally leaving more pairs out
+  (the reference side gets no gradient).
 - :class:`StructurePreservationLoss`: all of it as one ``nn.Module``.
 
 Example::
@@ -76,44 +77,62 @@ def off_diagonal(m: torch.Tensor) -> torch.Tensor:
     return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
 
 
-def _prepare(student: torch.Tensor, reference: torch.Tensor, exclude_self: bool):
-    if student.shape != reference.shape:
-        raise ValueError(f"relation shapes differ: {tuple(student.shape)} vs {tuple(reference.shape)}")
-    reference = reference.detach()
+_MASKED = -1.0e9  # fill for left-out relations: exp() underflows to exactly 0, no inf/nan
+
+
+def _valid_pairs(student: torch.Tensor, reference: torch.Tensor, exclude_self: bool,
+                 ignore: torch.Tensor | None) -> torch.Tensor:
+    """``[B, B]`` bool: the pairs a relation loss compares."""
+    if student.shape != reference.shape or student.ndim != 2 or student.shape[0] != student.shape[1]:
+        raise ValueError(f"relation shapes differ or are not square: {tuple(student.shape)} vs "
+                         f"{tuple(reference.shape)}")
+    n = student.shape[0]
+    valid = torch.ones(n, n, dtype=torch.bool, device=student.device)
     if exclude_self:
-        return off_diagonal(student), off_diagonal(reference)
-    return student, reference
+        valid &= ~torch.eye(n, dtype=torch.bool, device=student.device)
+    if ignore is not None:
+        valid &= ~ignore
+    return valid
 
 
-def relation_kl(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True) -> torch.Tensor:
+def relation_kl(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True,
+                ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of ``KL(softmax(reference_i) || softmax(student_i))``.
 
-    Each row of a relation matrix is turned into a distribution over the batch's other items
-    (the self entry is dropped when ``exclude_self``, since it would dominate every row).
-    Zero for a batch with fewer than 2 items.
+    Each row of a relation matrix is turned into a distribution over the batch's other items:
+    the self entry is dropped when ``exclude_self`` (it would dominate every row), and so are
+    the pairs where ``ignore [B, B]`` is True (e.g. items of the same image). Rows left with
+    no pair are skipped; zero when none is left. The reference gets no gradient.
     """
-    s, r = _prepare(student, reference, exclude_self)
-    if s.shape[0] == 0 or s.shape[1] == 0:
+    valid = _valid_pairs(student, reference, exclude_self, ignore)
+    rows = valid.any(1)
+    if not bool(rows.any()):
         return student.sum() * 0.0
-    log_p_ref = F.log_softmax(r, dim=1)
-    log_p_stu = F.log_softmax(s, dim=1)
-    return (log_p_ref.exp() * (log_p_ref - log_p_stu)).sum(1).mean()
+    valid = valid[rows]
+    log_p_ref = F.log_softmax(reference.detach()[rows].masked_fill(~valid, _MASKED), dim=1)
+    log_p_stu = F.log_softmax(student[rows].masked_fill(~valid, _MASKED), dim=1)
+    terms = log_p_ref.exp() * (log_p_ref - log_p_stu)
+    return terms.masked_fill(~valid, 0.0).sum(1).mean()
 
 
-def relation_mse(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True) -> torch.Tensor:
-    """Mean squared difference of the (off-diagonal) entries."""
-    s, r = _prepare(student, reference, exclude_self)
-    if s.numel() == 0:
-        return student.sum() * 0.0
-    return (s - r).pow(2).mean()
+def _entrywise(diff: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    if not bool(valid.any()):
+        return diff.sum() * 0.0
+    return diff.masked_fill(~valid, 0.0).sum() / valid.sum()
 
 
-def relation_mae(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True) -> torch.Tensor:
-    """Mean absolute difference of the (off-diagonal) entries (RVLR's default distance)."""
-    s, r = _prepare(student, reference, exclude_self)
-    if s.numel() == 0:
-        return student.sum() * 0.0
-    return (s - r).abs().mean()
+def relation_mse(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True,
+                 ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference over the compared entries (off-diagonal, not ``ignore``)."""
+    valid = _valid_pairs(student, reference, exclude_self, ignore)
+    return _entrywise((student - reference.detach()).pow(2), valid)
+
+
+def relation_mae(student: torch.Tensor, reference: torch.Tensor, *, exclude_self: bool = True,
+                 ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute difference over the compared entries (RVLR's default distance)."""
+    valid = _valid_pairs(student, reference, exclude_self, ignore)
+    return _entrywise((student - reference.detach()).abs(), valid)
 
 
 _MATCH_FNS = {"kl": relation_kl, "mse": relation_mse, "mae": relation_mae}
@@ -136,6 +155,10 @@ class StructurePreservationLoss(nn.Module):
     - ``temperature``: divides both relation matrices (sharpens the KL rows; scales MSE/MAE).
     - ``exclude_self``: drop the diagonal (default on).
 
+    ``forward(student, reference, ignore=None)``: ``ignore [B, B]`` (bool) leaves pairs out
+    of the comparison, e.g. captions of the same image, which a cross-modal loss pulls
+    together on purpose.
+
     Example::
 
         loss = StructurePreservationLoss(match="kl", temperature=0.1)(t_emb, pooled_text)
@@ -153,11 +176,12 @@ class StructurePreservationLoss(nn.Module):
         self.relation, self.match, self.temperature = relation, match, temperature
         self.exclude_self = exclude_self
 
-    def forward(self, student: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, reference: torch.Tensor,
+                ignore: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             ref_rel = relation_matrix(reference, self.relation, self.temperature)
         stu_rel = relation_matrix(student, self.relation, self.temperature)
-        return _MATCH_FNS[self.match](stu_rel, ref_rel, exclude_self=self.exclude_self)
+        return _MATCH_FNS[self.match](stu_rel, ref_rel, exclude_self=self.exclude_self, ignore=ignore)
 
     def extra_repr(self) -> str:
         return (f"relation={self.relation!r}, match={self.match!r}, temperature={self.temperature}, "

@@ -20,7 +20,10 @@ One training step on the VSE-infinity towers (:class:`~featvlr.methods.vse.VSEEn
    embeddings of each modality is matched (row-wise KL over softmax rows, or MSE) to the
    relation matrix of frozen reference features of the same items: ``pooled_text`` for
    texts and mean-pooled regions (or ``global_image``) for images by default, or the
-   embeddings of an earlier featvlr run (``loss.reference: <run folder or .pt>``);
+   embeddings of an earlier featvlr run (``loss.reference: <run folder or .pt>``). Each
+   image counts once in the image relations; ``loss.exclude_positives`` also leaves pairs of
+   captions of the same image out of the text relations (the consistency task pulls those
+   together on purpose);
 4. the returned losses are ``contrastive_loss = L_cm(theta)`` and
    ``meta_loss = beta * L_mt(theta')``; the trainer back-propagates their sum, whose gradient
    is ``grad L_cm(theta) + beta * (I - alpha * H) grad L_mt(theta')`` (H: the Hessian of
@@ -35,6 +38,10 @@ plain dual encoder (``encode_images`` / ``encode_texts``), and with ``beta = 0``
 
 Notes on the implementation:
 
+- **Step size**: the virtual step is plain SGD on ``L_cm`` as the trainer sees it, so
+  ``alpha`` depends on that loss's scale: the hinge is a *sum* over the batch (and over all
+  negatives during its warm-up epoch, where the logged ``virtual_step_norm`` is ~60x larger
+  than afterwards), InfoNCE a mean.
 - **Meta-test batch** (``loss.meta_test_batch``): "same" uses the whole batch for both tasks;
   "split" follows MLDG (Li et al., AAAI 2018): the first half of the batch is the meta-train
   batch (``L_cm`` and the virtual step), the second half the meta-test batch. Under DDP each
@@ -73,7 +80,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -86,8 +92,13 @@ from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.registry import register_method
-from featvlr.methods.vse import (VSELossOptions, VSEModelOptions, VSEEncoders, build_cross_modal_loss,
-                                 cross_modal_loss)
+from featvlr.methods.vse import (
+    VSEEncoders,
+    VSELossOptions,
+    VSEModelOptions,
+    build_cross_modal_loss,
+    cross_modal_loss,
+)
 from featvlr.modules import masked_mean
 
 META_TEST_BATCHES = ("same", "split")
@@ -135,6 +146,10 @@ class CoVLRLossOptions(VSELossOptions):
     # Count every image once in the image relation matrix (batches hold captions, so an image
     # with two captions in the batch would appear twice).
     dedupe_images: bool = True
+    # Leave pairs of captions of the same image out of the text relations: the cross-modal
+    # loss pulls them together on purpose, the structure task then only keeps the relations
+    # to other images' captions.
+    exclude_positives: bool = False
     # DDP: sum the ranks' shares of the inner gradient (exact global virtual step).
     sync_inner_grad: bool = True
     # Under float16 autocast: scale of the inner loss before its gradient (unscaled after).
@@ -332,7 +347,11 @@ class CoVLR(Method):
                 v_all, r_all = v_all[keep], r_all[keep]
             parts["image"] = self.structure(v_all, r_all)
         if want_txt:
-            parts["text"] = self.structure(gather_with_grad(t_fast), gather_no_grad(ref_t))
+            ignore = None
+            if o.exclude_positives:
+                ids = gather_no_grad(batch["image_ids"])
+                ignore = ids.unsqueeze(0) == ids.unsqueeze(1)
+            parts["text"] = self.structure(gather_with_grad(t_fast), gather_no_grad(ref_t), ignore)
         weights = {"image": o.image_weight, "text": o.text_weight}
         l_mt = sum(weights[k] * p for k, p in parts.items())
         return l_mt, parts

@@ -96,6 +96,8 @@ class GLSModelOptions:
     image_slot0: str = "zero"
     # Key-padding mask in the stage-2 transformers (the reference code has none).
     stage2_padding_mask: bool = True
+    # Global embedding: stage-2 output at position 0 ("first", TGDT) or the mean of its outputs.
+    global_token: str = "first"
     alignment_mode: str = "MrSw"
     # TERAN drops the last wordpiece before [SEP] (usually the final period); off keeps it.
     drop_last_wordpiece: bool = True
@@ -174,18 +176,23 @@ class GlobalEncoders(nn.Module):
     """Stage 2 (TGDT): a transformer per modality over stage-1 token sequences.
 
     Input: stage-1 tokens ``[B, S, d]`` and mask. Output: the L2-normalised global
-    embedding (position 0) ``[B, d]`` and the L2-normalised output tokens ``[B, S, d]``.
+    embedding ``[B, d]`` (the output at position 0, or the mean of the valid outputs with
+    ``global_token="mean"``) and the L2-normalised output tokens ``[B, S, d]``.
     """
 
     def __init__(self, opts: GLSModelOptions):
         super().__init__()
+        if opts.global_token not in ("first", "mean"):
+            raise ConfigError(f"model.global_token: unknown choice {opts.global_token!r} (first, mean)")
         self.padding_mask = opts.stage2_padding_mask
+        self.global_token = opts.global_token
         self.image_encoder = token_transformer(opts)
         self.text_encoder = token_transformer(opts)
 
     def _run(self, encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = encoder(x, src_key_padding_mask=~mask if self.padding_mask else None)
-        return F.normalize(out[:, 0], dim=-1), F.normalize(out, dim=-1)
+        g = out[:, 0] if self.global_token == "first" else masked_mean(out, mask)
+        return F.normalize(g, dim=-1), F.normalize(out, dim=-1)
 
     def images(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run(self.image_encoder, tokens, mask)
