@@ -579,7 +579,8 @@ def cirr_submission(query_emb: Any, gallery_emb: Any, composed: Mapping[str, Any
     if not (len(reference) == len(members) == len(pair_ids) == q.shape[0]):
         raise FeatvlrError("composed reference/subsets/pair_ids and the query embeddings disagree in length")
     src = EmbeddingScores(q, g)
-    _, top = topk(src, 50, exclude=reference, chunk_elements=chunk_elements)
+    # k below the gallery size: with 50 or fewer images the excluded reference would fill the last slot
+    _, top = topk(src, min(50, g.shape[0] - 1), exclude=reference, chunk_elements=chunk_elements)
     # subset: members other than the reference (and -1 pads) drop to -inf, then top-3
     sub_idx = []
     mem = members.to(q.device)
@@ -595,7 +596,7 @@ def cirr_submission(query_emb: Any, gallery_emb: Any, composed: Mapping[str, Any
     subset = {"version": "rc2", "metric": "recall_subset"}
     for i, pid in enumerate(pair_ids):
         row = top[i].numpy()
-        recall[pid] = names[row[row >= 0]].tolist()
+        recall[pid] = names[row[(row >= 0) & (row != int(reference[i]))]].tolist()
         subset[pid] = names[sub[i].numpy()].tolist()
     return recall, subset
 

@@ -232,6 +232,15 @@ def test_cirr_submission(tmp_path):
     assert json.loads(p1.read_text())["7"] == recall["7"] and p2.name == "recall_subset_submission_test1.json"
 
 
+def test_cirr_submission_small_gallery_never_lists_the_reference():
+    qe, ge, _, reference, subsets = composed_arrays(q=4, g=30)
+    names = [f"img{i}" for i in range(30)]
+    comp = {"target": np.full(4, -1), "reference": reference, "subsets": subsets, "pair_ids": np.arange(4)}
+    recall, _ = cirr_submission(qe, ge, comp, names)
+    for i in range(4):
+        assert len(recall[str(i)]) == 29 and names[reference[i]] not in recall[str(i)]
+
+
 # --------------------------------------------------------------------------------------
 # methods over a cache split
 
