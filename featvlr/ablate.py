@@ -43,10 +43,16 @@ class PlannedRun:
         return variant_name(self.values)
 
     def finished(self) -> bool:
+        """All epochs trained, and the test split evaluated when the config has one."""
         split = self.config.data.test_split
-        if split:
-            return (self.run_dir / "eval" / f"{split}.json").exists()
-        return (self.run_dir / "ckpt" / "best.pt").exists()
+        if split and not (self.run_dir / "eval" / f"{split}.json").exists():
+            return False
+        last = self.run_dir / "ckpt" / "last.pt"
+        if not last.exists():
+            return False
+        from featvlr.checkpoint import load_checkpoint
+
+        return int(load_checkpoint(last)["epoch"]) >= self.config.train.epochs
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -118,12 +124,17 @@ def plan_runs(config: str | Path, grid: dict[str, list[Any]], seeds: list[int], 
 
 
 def _run_one(run: PlannedRun) -> dict[str, Any]:
+    """Train one cell; a run that fails (a diverged learning rate, say) is recorded, not fatal."""
+    from featvlr.errors import FeatvlrError
     from featvlr.train import train
 
     if run.finished():
         return {"run_dir": str(run.run_dir), "status": "skipped"}
     resume = (run.run_dir / "ckpt" / "last.pt").exists()
-    train(run.config, run.run_dir, resume=resume)
+    try:
+        train(run.config, run.run_dir, resume=resume)
+    except FeatvlrError as exc:
+        return {"run_dir": str(run.run_dir), "status": "failed", "error": str(exc)}
     return {"run_dir": str(run.run_dir), "status": "resumed" if resume else "trained"}
 
 
@@ -177,7 +188,8 @@ def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], ou
         from featvlr.report import write_report
 
         baseline = variant_name({k: v[0] for k, v in grid.items()}) if grid else None
-        result["report"] = write_report([r.run_dir for r in runs], out / "report", baseline=baseline)
+        done = [r.run_dir for r in runs if r.finished()]
+        result["report"] = write_report(done, out / "report", baseline=baseline)
     return result
 
 

@@ -73,8 +73,10 @@ class _GatherWithGrad(torch.autograd.Function):
         # Every rank computes the same global loss on its copy; the gradient of the sum of
         # the rank losses w.r.t. the local slice is the all-reduced gradient. DDP then
         # averages parameter gradients over ranks, which undoes the factor world_size.
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
+        # A differentiable all-reduce keeps second-order gradients (CoVLR's meta step) exact.
+        from torch.distributed.nn.functional import all_reduce
+
+        grad = all_reduce(grad.contiguous())
         start = sum(ctx.sizes[: rank()])
         return grad[start: start + ctx.n]
 

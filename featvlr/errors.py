@@ -14,6 +14,9 @@ class InputError(FeatvlrError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
+
 
 class ConfigError(FeatvlrError):
     """A configuration key or value is unknown or has the wrong type."""

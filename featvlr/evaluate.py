@@ -118,7 +118,8 @@ def _config_dict(config: Any) -> Any:
     return str(config)
 
 
-def _default_folds(config: Any) -> tuple[int, ...]:
+def default_folds(config: Any) -> tuple[int, ...]:
+    """The test protocol's folds: COCO (or ``eval.folds > 1``) adds the 5-fold 1K average to the whole split."""
     data = getattr(config, "data", None)
     ev = getattr(config, "eval", None)
     if data is not None and str(getattr(data, "dataset", "")).lower() == "coco":
@@ -213,7 +214,7 @@ def run_eval(target: str | Path | None = None, *, split: str = "test", scenarios
         method, config = load_method(tpath, dev)
         seed = getattr(getattr(config, "train", None), "seed", None)
         ev = getattr(config, "eval", None)
-        folds_t = folds_t or _default_folds(config)
+        folds_t = folds_t or default_folds(config)
         ndcg_ks_t = ndcg_ks_t or tuple(getattr(ev, "ndcg_ks", (10, 20, 50)))
         ndcg_exp_k = ndcg_exp_k or int(getattr(ev, "ndcg_exp_k", 25))
         chunk_elements = chunk_elements or int(getattr(ev, "chunk_elements", DEFAULT_CHUNK_ELEMENTS))
@@ -298,6 +299,8 @@ def _method_metrics(method, config, cache_path, split, chosen, json_path, tpath,
     out_dir = (Path(json_path).parent if json_path else _eval_dir(tpath)) / "submission"
     kwargs: dict[str, Any] = {"batch_size": batch_size, "device": device, "chunk_elements": chunk_elements,
                               "curves": curves}
+    if not composed:
+        kwargs["max_tokens"] = int(getattr(getattr(config, "data", None), "max_tokens", 0) or 0)
     if composed:
         metrics = evaluate_method(method, st, chosen or ["composed"], submission_dir=out_dir, protocol=protocol,
                                   **kwargs)
@@ -439,7 +442,7 @@ def write_results(path: str | Path, metrics: dict[str, float], *, split: str | N
     path = Path(path)
     if protocol is None:
         ev = getattr(cfg, "eval", None)
-        folds = (1,) if ev is None or int(getattr(ev, "folds", 1)) == 1 else (1, int(ev.folds))
+        folds = default_folds(cfg) if cfg is not None else (1,)
         protocol = protocol_record(split=split, metrics=metrics, folds=folds,
                                    ndcg_ks=tuple(getattr(ev, "ndcg_ks", (10, 20, 50))),
                                    ndcg_exp_k=int(getattr(ev, "ndcg_exp_k", 25)))

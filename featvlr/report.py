@@ -7,8 +7,8 @@ queries: the per-query contribution to ``rsum`` (``100 * sum_K 1[rank < K]`` for
 averaged over seeds, i2t and t2i queries each scaled by their count) is compared with a
 two-sided paired randomisation (sign-flip) test, 10,000 resamples, seeded. Output:
 ``report.md``, ``report.csv``, ``metrics_vs_<key>.png`` (metric against a grid value, error
-bars over seeds), ``training_curves.png``, and ``report.html`` which puts them together with
-no external resources.
+bars over seeds), ``training_curves.png``, and ``report.html`` which puts the tables and
+the plots (linked beside it) together, with no scripts or external resources.
 """
 from __future__ import annotations
 
@@ -61,14 +61,20 @@ def load_run(run_dir: str | Path) -> RunRecord:
     if not cfg_path.exists():
         raise InputError(run_dir, "not a featvlr run folder (no config.yaml)")
     config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    split = config.get("data", {}).get("test_split") or "test"
+    split = config.get("data", {}).get("test_split") or ""
     res_path = run_dir / "eval" / f"{split}.json"
-    if not res_path.exists():
-        raise InputError(run_dir, f"the run has no eval/{split}.json (not finished?)")
-    try:
-        metrics = json.loads(res_path.read_text(encoding="utf-8"))["metrics"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise InputError(res_path, f"not a featvlr results file ({exc})") from None
+    if split:
+        if not res_path.exists():
+            raise InputError(run_dir, f"the run has no eval/{split}.json (not finished?)")
+        try:
+            metrics = json.loads(res_path.read_text(encoding="utf-8"))["metrics"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise InputError(res_path, f"not a featvlr results file ({exc})") from None
+    else:  # no test split (FashionIQ, Shoes): the selection split's metrics of best.pt
+        from featvlr.checkpoint import load_checkpoint
+
+        metrics = {k: v for k, v in load_checkpoint(run_dir / "ckpt" / "best.pt")["best_metrics"].items()
+                   if isinstance(v, (int, float))}
     ranks_path = run_dir / "eval" / f"{split}_ranks.npz"
     ranks = None
     if ranks_path.exists():
@@ -94,7 +100,7 @@ def rsum_contributions(ranks: dict[str, np.ndarray]) -> np.ndarray:
     parts = []
     for key in ("i2t", "t2i"):
         r = np.asarray(ranks[key])
-        hits = sum((r < k).astype(np.float64) for k in RANK_KS)
+        hits = sum(((r >= 0) & (r < k)).astype(np.float64) for k in RANK_KS)
         parts.append(100.0 * hits / len(r))
     return np.concatenate(parts)
 
@@ -213,9 +219,9 @@ def _plots(groups: dict[str, list[RunRecord]], table, out: Path) -> list[Path]:
     for name, runs in groups.items():
         curves = []
         for r in runs:
-            ys = [(rec["epoch"], v) for rec in r.log if rec.get("event") == "epoch"
-                  for k, v in rec.items() if k.endswith("/rsum") or k.endswith("/" + str(
-                      r.config.get("train", {}).get("select_metric", "rsum")))]
+            train_cfg = r.config.get("train", {})
+            key = f"{train_cfg.get('select_split', 'dev')}/{train_cfg.get('select_metric', 'rsum')}"
+            ys = [(rec["epoch"], rec[key]) for rec in r.log if rec.get("event") == "epoch" and key in rec]
             if ys:
                 curves.append(dict(ys))
         if curves:

@@ -703,7 +703,8 @@ def _run_encoder(encode: Callable[[dict], Any], batches, id_key: str, n: int) ->
 
 
 @torch.no_grad()
-def embed_split(method: Any, split: Any, *, batch_size: int = 512, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+def embed_split(method: Any, split: Any, *, batch_size: int = 512, device: str | torch.device = "cpu",
+                max_tokens: int = 0) -> tuple[Any, Any]:
     """Run a method's encoders over every image and text of a store split.
 
     Args:
@@ -723,7 +724,7 @@ def embed_split(method: Any, split: Any, *, batch_size: int = 512, device: str |
     try:
         images = _run_encoder(method.encode_images, data.iter_image_batches(split, batch_size, device),
                               "image_ids", split.n_images)
-        texts = _run_encoder(method.encode_texts, data.iter_text_batches(split, batch_size, device),
+        texts = _run_encoder(method.encode_texts, data.iter_text_batches(split, batch_size, device, max_tokens),
                              "text_ids", split.n_texts)
     finally:
         method.train(was_training)

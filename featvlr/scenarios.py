@@ -638,8 +638,9 @@ def evaluate_method(method: Any, split: Any, scenarios: str | Sequence[str] | No
                     folds: int | Sequence[int] = 1, *, batch_size: int = 512, device: str | torch.device = "cpu",
                     teran_ndcg: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
                     curves: dict[str, list[float]] | None = None, submission_dir: str | Path | None = None,
-                    protocol: str = "auto", **kwargs: Any) -> dict[str, float]:
-    """Embed a store split with a method and evaluate it.
+                    protocol: str = "auto", max_tokens: int = 0, **kwargs: Any) -> dict[str, float]:
+    """Embed a store split with a method and evaluate it (``max_tokens``: the training
+    truncation of captions, ``data.max_tokens``).
 
     Cross-modal methods: :func:`~featvlr.retrieval.embed_split`, then
     :func:`evaluate_cross_modal`. A method with ``shortlist_plan(images, texts)`` (GLS)
@@ -673,7 +674,7 @@ def evaluate_method(method: Any, split: Any, scenarios: str | Sequence[str] | No
         return res
     if chosen is not None and "composed" in chosen:
         raise FeatvlrError("the composed scenario needs a composed method")
-    images, texts = embed_split(method, split, batch_size=batch_size, device=device)
+    images, texts = embed_split(method, split, batch_size=batch_size, device=device, max_tokens=max_tokens)
     teran = teran_ndcg and split.has(f"relevance/{split.name}/rougeL")
     common = dict(teran_ndcg=teran, chunk_elements=chunk_elements, curves=curves, **kwargs)
     if hasattr(method, "shortlist_plan"):

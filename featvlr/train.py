@@ -132,6 +132,23 @@ def _in_memory(cfg: Config, split: StoreSplit) -> bool:
     return size <= cfg.data.in_memory_max_gb * (1 << 30)
 
 
+def _check_splits(store, cfg: Config, method_cls: type[Method], select_split: str) -> None:
+    """Fail before the first epoch (on every rank alike) when a split the run needs is missing."""
+    names = store.splits()
+    for what, split in (("train.select_split", select_split), ("data.test_split", cfg.data.test_split)):
+        if not split or split in names:
+            continue
+        per_category = method_cls.task == "composed" and any(n.startswith(split + "_") for n in names)
+        if not per_category:
+            raise InputError(store.path, f"{what}={split!r} is not a split of the cache (it has: {', '.join(names)})")
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """Seed of (run seed, rank, epoch): every epoch starts from a known RNG state, so a resumed
+    run (on any number of ranks) draws what an uninterrupted one would."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
 def build_batches(method_cls: type[Method], cfg: Config, split: StoreSplit, *, rank: int, world: int):
     common = dict(batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank, world_size=world,
                   max_batches=cfg.train.max_steps_per_epoch)
@@ -166,6 +183,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     run_dir = Path(run_dir)
     method_cls = get_method(cfg.method)
     device = pick_device(cfg.train.device)
+    owns_group = not dist_utils.is_distributed()
     distributed = dist_utils.init_from_env(device.type)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     if distributed and device.type == "cuda":
@@ -182,6 +200,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
 
     store = open_store(cfg.data.cache)
     train_split = store.split(cfg.data.train_split)
+    _check_splits(store, cfg, method_cls, select_split)
     if _in_memory(cfg, train_split):
         train_split.load_in_memory()
     dims = feature_dims(train_split)
@@ -245,6 +264,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     select_key = tr.select_metric
     for epoch in range(start_epoch, tr.epochs):
         method.train()
+        seed_everything(epoch_seed(tr.seed, rank, epoch))
         batches.set_epoch(epoch)
         loader = batch_loader(batches, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         bar = logger.progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tr.epochs}",
@@ -259,7 +279,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             if not losses:
                 raise FeatvlrError(f"method {cfg.method!r} returned no '*_loss' key from training_step")
             total = sum(losses.values())
-            if not torch.isfinite(total):
+            finite = torch.isfinite(total.detach()).to(torch.int32)
+            if distributed:  # stop every rank together, never one alone inside a collective
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            if not bool(finite):
                 where = run_dir / "ckpt" / "last.pt"
                 kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
                 raise TrainingDiverged(
@@ -328,6 +351,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             logger.log({"event": "test", **{k: v for k, v in _flatten(result.test_metrics).items()}})
     logger.close()
     dist_utils.barrier()
+    if distributed and owns_group:
+        torch.distributed.destroy_process_group()
     return result
 
 

@@ -15,10 +15,11 @@ from featvlr.config import Config
 
 
 def protocol_folds(cfg: Config, *, final: bool) -> int | tuple[int, ...]:
-    """COCO reports 5K and the 5-fold 1K average on the test split; every other dataset one fold."""
-    if final and cfg.eval.folds > 1:
-        return (1, cfg.eval.folds)
-    return 1
+    """COCO reports 5K and the 5-fold 1K average on the test split; every other dataset one fold
+    (the same rule as ``featvlr eval``: :func:`featvlr.evaluate.default_folds`)."""
+    from featvlr.evaluate import default_folds
+
+    return default_folds(cfg) if final else 1
 
 
 def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, device, *, final: bool = False,
@@ -36,6 +37,7 @@ def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, devi
                                         submission_dir=submission_dir, **kwargs)
     return evaluate_method(method, split, scenarios, protocol_folds(cfg, final=final),
                            ndcg_ks=tuple(cfg.eval.ndcg_ks), ndcg_exp_k=cfg.eval.ndcg_exp_k,
+                           max_tokens=cfg.data.max_tokens,
                            teran_ndcg=final, **kwargs)
 
 
@@ -65,7 +67,8 @@ def save_query_ranks(method, split, cfg: Config, device, path: Path) -> Path:
     from featvlr.retrieval import EmbeddingScores, embed_split, group_positives, ranks
 
     with torch.no_grad():
-        images, texts = embed_split(method, split, batch_size=cfg.eval.batch_size, device=device)
+        images, texts = embed_split(method, split, batch_size=cfg.eval.batch_size, device=device,
+                                    max_tokens=cfg.data.max_tokens)
         txt2img = torch.as_tensor(split.image_index(), device=images.device)
         i2t = ranks(EmbeddingScores(images, texts), group_positives(txt2img, split.n_images),
                     chunk_elements=cfg.eval.chunk_elements)

@@ -1,5 +1,5 @@
-"""GLS / TGDT: alignment modes against a direct loop, the CMC loss, the frozen stage 1, and the
-G / L / GL evaluation modes through the evaluator's pairwise and shortlist sources."""
+"""GLS / TGDT: alignment modes against a direct loop, the CMC loss, the frozen stage 1, one
+command training both stages, and the G / L / GL evaluation modes through the evaluator."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +7,22 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_synthetic_cache
 
+from featvlr.checkpoint import load_method
+from featvlr.config import load_config
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, StepState
 from featvlr.methods.gls import GLS, GLSLossOptions, GLSModelOptions
 from featvlr.modules.alignment import ALIGNMENT_MODES, TokenAlignment
-from featvlr.retrieval import EmbeddingScores, PairwiseScores, ShortlistRerankScores, ranks
+from featvlr.retrieval import (
+    EmbeddingScores,
+    PairwiseScores,
+    ShortlistRerankScores,
+    ranks,
+)
 from featvlr.scenarios import evaluate_cross_modal
+from featvlr.train import train
 
 DIMS = FeatureDims(region_dim=12, n_regions=5, text_dim=10)
 
@@ -89,7 +98,7 @@ def test_cmc_loss_matches_its_definition():
 
 
 def _opts(**kw) -> GLSModelOptions:
-    base = dict(embed_dim=16, layers=1, heads=2, ff_dim=32, dropout=0.1)
+    base = {"embed_dim": 16, "layers": 1, "heads": 2, "ff_dim": 32, "dropout": 0.1}
     base.update(kw)
     return GLSModelOptions(**base)
 
@@ -233,3 +242,37 @@ def test_encoders_return_what_the_mode_needs():
     _with_mode(m, eval_mode="L", local_scale=10.0)
     direct = TokenAlignment(teran_slicing=False)(images["tokens"], images["mask"], texts["tokens"], texts["mask"])
     assert torch.allclose(m.score(images, texts), 10 * direct)
+
+
+@pytest.mark.parametrize("global_token", ["first", "mean"])
+def test_padding_never_reaches_the_embeddings(global_token):
+    torch.manual_seed(0)
+    m = GLS(_opts(stage=2, global_token=global_token), GLSLossOptions(), DIMS).eval()
+    batch = _batch()
+    noisy = dict(batch, regions=batch["regions"] + 50.0 * ~batch["region_mask"][..., None],
+                 tokens=batch["tokens"] + 50.0 * ~batch["token_mask"][..., None])
+    with torch.no_grad():
+        for enc in (m.encode_images, m.encode_texts):
+            a, b = enc(batch), enc(noisy)
+            assert torch.allclose(a["global"], b["global"], atol=1e-5)
+            assert torch.allclose(a["tokens"][a["mask"]], b["tokens"][b["mask"]], atol=1e-5)
+
+
+def test_one_command_trains_both_stages(tmp_path):
+    cache = write_synthetic_cache(tmp_path / "syn.h5")
+    cfg = load_config(None, ["method=gls", f"data.cache={cache}", "data.dataset=synthetic", "model.embed_dim=16",
+                             "model.layers=1", "model.heads=2", "model.ff_dim=32", "model.shortlist_i2t=8",
+                             "model.shortlist_t2i=4", "train.epochs=1", "train.batch_size=32", "train.progress=false",
+                             "eval.scenarios=[i2t, t2i]"])
+    result = train(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "stage1" / "eval" / "test.json").exists()
+    assert "rsum" in result.test_metrics["metrics"] and (tmp_path / "run" / "eval" / "test.json").exists()
+    stage1, cfg1 = load_method(tmp_path / "run" / "stage1")
+    stage2, cfg2 = load_method(tmp_path / "run")
+    assert cfg1.model.stage == 1 and cfg1.model.eval_mode == "L" and cfg2.model.stage == 2
+    for key, value in stage1.stage1.state_dict().items():
+        assert torch.equal(value, stage2.stage1.state_dict()[key]), key
+    # Starting again in the same folder reuses the finished stage 1 (no new stage-1 run).
+    before = (tmp_path / "run" / "stage1" / "ckpt" / "last.pt").stat().st_mtime_ns
+    assert GLS.prepare(cfg, tmp_path / "run").model.stage1 == str(tmp_path / "run" / "stage1")
+    assert (tmp_path / "run" / "stage1" / "ckpt" / "last.pt").stat().st_mtime_ns == before

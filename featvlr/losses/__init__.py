@@ -13,3 +13,6 @@ from featvlr.losses.relevance_kl import RelevanceKLLoss  # noqa: E402
 from featvlr.losses.triplet import DistanceWeightedTripletLoss, distance_weights  # noqa: E402
 
 __all__ += ["DistanceWeightedTripletLoss", "RelevanceKLLoss", "distance_weights"]
+from featvlr.losses.distill import RepresentationDistillation, StructureDistillation, wasserstein_1d  # noqa: E402
+
+__all__ += ["RepresentationDistillation", "StructureDistillation", "wasserstein_1d"]

@@ -34,7 +34,12 @@ global vectors) in three modes, ``model.eval_mode``:
 - ``GL``: for every query the ``shortlist_i2t`` (50) captions / ``shortlist_t2i`` (100)
   images with the best global scores are re-scored with ``local + global`` and re-ranked
   (GLS-GL); anything outside the shortlist ranks below it. A ground truth outside the
-  shortlist is a **miss**; the reference code counts it as rank 0 (an R@1 hit).
+  shortlist is a **miss** (it takes the last rank, so medr/meanr count it as such); the
+  reference code counts it as rank 0 (an R@1 hit), which inflates its GL numbers.
+
+The evaluator (:func:`featvlr.scenarios.evaluate_method`) asks :meth:`GLS.shortlist_plan`
+which of the three to run; ``L`` goes through :meth:`GLS.score` block by block, ``GL``
+through :meth:`GLS.rerank_fn` (each query against its own shortlist in one batched product).
 
 Deviations from the reference code (frozen features, small heads):
 
@@ -46,6 +51,9 @@ Deviations from the reference code (frozen features, small heads):
 - Stage-2 transformers take a key-padding mask (``stage2_padding_mask``; the reference
   code has none, so padding leaks into its attention). Stage 1 runs in eval mode (no
   dropout) while stage 2 trains.
+- ``global_token: mean`` (an option; default ``first`` as TGDT) takes the mean of the
+  stage-2 outputs as the global embedding: on frozen features the position-0 output starts
+  nearly constant across inputs and the hardest-negative hinge can leave it collapsed.
 - The hinges use the id mask by default (``loss.id_mask``; the reference masks only the
   diagonal, so another caption of the same image in the batch is a negative).
 - Alignment masking uses only valid tokens (see :mod:`featvlr.modules.alignment`).
@@ -69,8 +77,13 @@ from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.registry import register_method
 from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavier_linear
-from featvlr.modules.alignment import (ALIGNMENT_MODES, alignment_scores, grouped_alignment_scores, slice_regions,
-                                       slice_words)
+from featvlr.modules.alignment import (
+    ALIGNMENT_MODES,
+    alignment_scores,
+    grouped_alignment_scores,
+    slice_regions,
+    slice_words,
+)
 
 EVAL_MODES = ("G", "L", "GL")
 # Options that fix the shape of stage 1; a stage-1 run must agree with them.

@@ -22,7 +22,7 @@ from featvlr.errors import ConfigError
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.registry import register_method
-from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean, xavier_linear
+from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean
 
 
 @dataclass
@@ -72,7 +72,7 @@ class VSEEncoders(nn.Module):
         self.opts = opts
         self.image_proj = RegionProjection(dims.region_dim, opts.embed_dim, bn_over_padding=opts.bn_over_padding)
         if opts.text_head == "linear":
-            self.text_proj = xavier_linear(dims.text_dim, opts.embed_dim)
+            self.text_proj = nn.Linear(dims.text_dim, opts.embed_dim)  # VSE-infinity: default init
         elif opts.text_head == "mlp":
             self.text_proj = RegionProjection(dims.text_dim, opts.embed_dim, bn_over_padding=opts.bn_over_padding)
         else:
@@ -100,11 +100,18 @@ def build_cross_modal_loss(opts: VSELossOptions) -> nn.Module:
 
 def cross_modal_loss(criterion: nn.Module, opts: VSELossOptions, v: torch.Tensor, t: torch.Tensor,
                      image_ids: torch.Tensor, state: StepState) -> torch.Tensor:
-    """The hinge (with its warm-up epochs) or InfoNCE on (already gathered) embeddings."""
-    if isinstance(criterion, HingeLoss):
-        hardest = opts.max_violation and state.epoch >= opts.warmup_epochs
-        return criterion(v @ t.t(), max_violation=hardest, image_ids=image_ids if opts.id_mask else None)
-    return criterion(v, t, image_ids)
+    """The hinge (with its warm-up epochs) or InfoNCE on (already gathered) embeddings.
+
+    Scores are computed in fp32 even under autocast: bf16 resolution near 1 (~0.004) is of
+    the order of the gaps between hardest negatives.
+    """
+    with torch.autocast(v.device.type, enabled=False):
+        if v.dtype in (torch.float16, torch.bfloat16):
+            v, t = v.float(), t.float()
+        if isinstance(criterion, HingeLoss):
+            hardest = opts.max_violation and state.epoch >= opts.warmup_epochs
+            return criterion(v @ t.t(), max_violation=hardest, image_ids=image_ids if opts.id_mask else None)
+        return criterion(v, t, image_ids)
 
 
 @register_method("vse")

@@ -72,7 +72,8 @@ class RegionProjection(nn.Module):
     """``Linear(D -> d)(r) + MLP(r)`` with ``MLP = Linear(D -> d/2) -> BN -> ReLU -> Linear(d/2 -> d)``.
 
     The "basic" precomp image encoder of VSE-infinity (Chen et al., CVPR 2021), reused by
-    HREM (Fu et al., CVPR 2023). Xavier-uniform init on the linear layers. Input regions
+    HREM (Fu et al., CVPR 2023). Xavier-uniform init on ``fc`` (as VSE-infinity's
+    ``EncoderImageAggr``); the MLP keeps PyTorch's default init. Input regions
     ``[B, R, D]`` and mask ``[B, R]``; output ``[B, R, d]`` (un-normalised, pre-pooling).
     """
 
@@ -80,9 +81,9 @@ class RegionProjection(nn.Module):
         super().__init__()
         hidden = embed_dim // 2
         self.fc = xavier_linear(in_dim, embed_dim)
-        self.mlp_in = xavier_linear(in_dim, hidden)
+        self.mlp_in = nn.Linear(in_dim, hidden)
         self.bn = TokenBatchNorm(hidden, over_padding=bn_over_padding)
-        self.mlp_out = xavier_linear(hidden, embed_dim)
+        self.mlp_out = nn.Linear(hidden, embed_dim)
 
     def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.bn(self.mlp_in(regions), mask))
