@@ -79,7 +79,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "n_cirr_test": 200,
     # triplets drawn from each 6-image set (at most 10: 5 edits x 2 directions); fewer per
     # set means more sets, so a larger gallery for the same number of triplets
-    "cirr_pairs_per_set": {"train": 10, "val": 3, "test1": 3},
+    "cirr_pairs_per_set": {"train": 4, "val": 3, "test1": 3},
     "global_dim": 128,
     "n_aug": 4,
 }
@@ -192,7 +192,7 @@ _V = {
 # Composed (global, CLIP-like): cleaner, attributes well visible.
 _G = {
     "colour": 0.8, "size": 0.55, "role": 0.25, "scene": 0.8,
-    "noise": 0.35, "gain": 0.9, "bias": 0.1, "obs_noise": 0.03,
+    "noise": 0.8, "gain": 0.9, "bias": 0.1, "obs_noise": 0.03,
     "aug_drop_p": 0.5, "aug_noise": 0.15, "aug_obs_noise": 0.02,
 }
 
@@ -254,9 +254,7 @@ def _relation_ok(rel: str, subj: str, obj: str) -> bool:
     _, subj_groups, obj_cats, _ = _RELATION_TABLE[rel]
     if subj_groups is not None and _CAT_GROUP[subj] not in subj_groups:
         return False
-    if obj_cats is not None and obj not in obj_cats:
-        return False
-    return True
+    return obj_cats is None or obj in obj_cats
 
 
 def _choice(rng: np.random.Generator, seq):
@@ -769,8 +767,7 @@ def _dump_json(path: Path, obj, indent: int | None = 2) -> None:
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
+        f.writelines(line + "\n" for line in lines)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -784,7 +781,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue())
 
 
-def _check_params(out: Path, p: dict) -> None:
+def _check_params(p: dict) -> None:
     for key in ("n_train", "n_dev", "n_test", "n_cirr_train", "n_cirr_val", "n_cirr_test"):
         if not isinstance(p[key], (int, np.integer)) or p[key] < 1:
             raise ConfigError(f"demo: {key} must be a positive integer, got {p[key]!r}")
@@ -942,7 +939,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = DEMO_DEFAULTS["
                                    else DEMO_DEFAULTS["cirr_pairs_per_set"]),
         "global_dim": global_dim, "n_aug": n_aug,
     }
-    _check_params(out, params)
+    _check_params(params)
     params = {k: (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v)
               for k, v in params.items()}
     if out.exists():

@@ -8,9 +8,9 @@ Two kinds of teacher, both constants during training:
   (or the ``global_image`` vector) for images (:func:`features_teacher`).
 - **run**: the embeddings of an earlier featvlr run. They are computed once over the training
   split with :func:`featvlr.checkpoint.load_method` and cached beside the feature cache, in
-  ``<cache>.teachers/<run>-<hash>.h5`` (the hash covers the checkpoint file, its size and
-  modification time, the feature cache and the split, so retraining the teacher or
-  rebuilding the cache gives a new file). The file is written to a temporary name and
+  ``<cache>.teachers/<run>-<ckpt>-<split>-<hash>.h5`` (the hash covers the checkpoint file,
+  its size and modification time, the feature cache and the split, so retraining the teacher
+  or rebuilding the cache gives a new file). The file is written to a temporary name and
   renamed, so a crash never leaves a half-written teacher. A :class:`TeacherTable` holds the
   rows in memory and looks them up per batch by ``image_ids`` / ``text_ids``.
 

@@ -9,14 +9,22 @@ import numpy as np
 import pytest
 
 from featvlr import demo
-from featvlr.demo import (CATEGORIES, CIRR_SPLITS, DEMO_DEFAULTS, PRECOMP_SPLITS, demo_is_complete,
-                          demo_sources, load_demo_meta, make_demo_dataset)
+from featvlr.demo import (
+    CATEGORIES,
+    CIRR_SPLITS,
+    DEMO_DEFAULTS,
+    PRECOMP_SPLITS,
+    demo_is_complete,
+    demo_sources,
+    load_demo_meta,
+    make_demo_dataset,
+)
 from featvlr.errors import ConfigError, InputError
 
-SMALL = dict(n_train=240, n_dev=20, n_test=60, n_regions=10, region_dim=64,
-             n_cirr_train=600, n_cirr_val=120, n_cirr_test=30, global_dim=48, n_aug=3)
-TINY = dict(n_train=12, n_dev=4, n_test=4, n_regions=6, region_dim=16,
-            n_cirr_train=20, n_cirr_val=6, n_cirr_test=6, global_dim=16, n_aug=2)
+SMALL = {"n_train": 240, "n_dev": 20, "n_test": 60, "n_regions": 10, "region_dim": 64,
+         "n_cirr_train": 600, "n_cirr_val": 120, "n_cirr_test": 30, "global_dim": 48, "n_aug": 3}
+TINY = {"n_train": 12, "n_dev": 4, "n_test": 4, "n_regions": 6, "region_dim": 16,
+        "n_cirr_train": 20, "n_cirr_val": 6, "n_cirr_test": 6, "global_dim": 16, "n_aug": 2}
 CIRR_KEYS = {"pairid", "reference", "target_hard", "target_soft", "caption", "img_set"}
 CIRR_TEST_KEYS = {"pairid", "reference", "caption", "img_set"}
 
@@ -316,3 +324,27 @@ def test_bad_parameters(tmp_path, bad):
     with pytest.raises(ConfigError):
         make_demo_dataset(tmp_path / "d", **{**TINY, **bad})
     assert not (tmp_path / "d").exists()
+
+
+# -- the extractors read what the generator writes -------------------------------------------
+
+@pytest.mark.slow
+def test_extractors_read_the_demo(tmp_path, text_encoder):
+    from featvlr.sources.composed import extract_composed
+    from featvlr.sources.precomp import extract_precomp
+    from featvlr.store import FeatureStore
+
+    root = make_demo_dataset(tmp_path / "d", seed=2, **TINY)
+    src = demo_sources(root)
+    cache = extract_precomp(src["precomp_root"], tmp_path / "demo.h5", text_model=text_encoder,
+                            dtype="float32", progress=False)
+    store = FeatureStore(cache)
+    for split in PRECOMP_SPLITS:
+        s = store.split(split)
+        assert s.n_images == TINY[f"n_{split}"] and s.n_texts == 5 * TINY[f"n_{split}"]
+        assert (s.n_regions, s.region_dim) == (TINY["n_regions"], TINY["region_dim"])
+    composed = extract_composed("cirr", src["cirr_root"], tmp_path / "composed.h5",
+                                image_features=src["image_features"], aug_features=src["aug_features"],
+                                text_model=text_encoder, progress=False)
+    cstore = FeatureStore(composed)
+    assert {"train", "val", "test1"} <= set(cstore.splits())
