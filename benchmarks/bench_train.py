@@ -87,11 +87,8 @@ def main() -> None:
             t = time.perf_counter()
             train(load_config(None, sets + ["train.epochs=1"]), Path(runs) / "r")
             engine_wall = time.perf_counter() - t
-        from featvlr.runlog import read_log
-
         print(f"loader alone:           {load_rate:8.0f} pairs/s")
         print(f"bare PyTorch step:      {bare:8.0f} pairs/s")
-        log = [r for r in read_log(Path(runs) / "r")] if False else None
         engine = args.steps * args.batch / engine_wall
         print(f"engine (whole train()): {engine:8.0f} pairs/s  ({engine_wall:.1f} s incl. setup and checkpoint)")
         print(f"overhead ratio bare/engine: {bare / engine:.2f}x")

@@ -135,7 +135,10 @@ def _in_memory(cfg: Config, split: StoreSplit) -> bool:
 def _check_splits(store, cfg: Config, method_cls: type[Method], select_split: str) -> None:
     """Fail before the first epoch (on every rank alike) when a split the run needs is missing."""
     names = store.splits()
-    for what, split in (("train.select_split", select_split), ("data.test_split", cfg.data.test_split)):
+    needed = [("data.test_split", cfg.data.test_split)]
+    if cfg.train.eval_every:
+        needed.append(("train.select_split", select_split))
+    for what, split in needed:
         if not split or split in names:
             continue
         per_category = method_cls.task == "composed" and any(n.startswith(split + "_") for n in names)
