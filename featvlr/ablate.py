@@ -116,11 +116,33 @@ def plan_runs(config: str | Path, grid: dict[str, list[Any]], seeds: list[int], 
         for seed in seeds:
             overrides = list(extra or []) + [f"{k}={_fmt_value(v)}" for k, v in values.items()] + [f"train.seed={seed}"]
             try:
-                cfg = load_config(None, overrides, base=base)
+                cell_base = base_for_method(base, values.get("method"))
+                cfg = load_config(None, overrides, base=cell_base)
             except ConfigError as exc:
                 raise ConfigError(f"{config}: grid cell {variant_name(values)}: {exc}") from None
             runs.append(PlannedRun(values, seed, overrides, out / variant_name(values) / f"seed{seed}", cfg))
     return runs
+
+
+def base_for_method(base: dict[str, Any], method: Any) -> dict[str, Any]:
+    """The base config for a grid cell that switches ``method``: the base's ``model`` and
+    ``loss`` values that the new method also has are kept (``embed_dim``, ``margin``, ...),
+    the others (e.g. ``vse``'s ``pooling`` under ``hrem``) fall back to the new method's
+    defaults. Values the grid itself sets are still validated strictly."""
+    import copy
+    import dataclasses
+
+    from featvlr.methods.registry import get_method
+
+    base = copy.deepcopy(base)
+    if not isinstance(method, str) or method == base.get("method", "vse"):
+        return base
+    cls = get_method(method)
+    for section, options in (("model", cls.ModelOptions), ("loss", cls.LossOptions)):
+        known = {f.name for f in dataclasses.fields(options)}
+        if isinstance(base.get(section), dict):
+            base[section] = {k: v for k, v in base[section].items() if k in known}
+    return base
 
 
 def _run_one(run: PlannedRun) -> dict[str, Any]:

@@ -120,3 +120,18 @@ def test_rsum_contributions_and_randomization_test():
     assert paired_randomization_test(a, a) == 1.0
     assert paired_randomization_test(a, a + 1.0) < 0.001
     assert paired_randomization_test(a, a + rng.normal(scale=0.01, size=200)) > 0.01
+
+
+def test_method_grid_keeps_shared_options_and_drops_foreign_ones(base_config, tmp_path):
+    cfg = yaml.safe_load(base_config.read_text())
+    cfg["model"].update({"pooling": "mean"})  # a vse-only option
+    cfg["loss"] = {"margin": 0.3}
+    path = tmp_path / "vse_base.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runs = plan_runs(path, parse_grid(["method=vse,hrem"]), [0], tmp_path)
+    vse = [r for r in runs if r.config.method == "vse"][0]
+    hrem = [r for r in runs if r.config.method == "hrem"][0]
+    assert vse.config.model.pooling == "mean"
+    assert hrem.config.model.embed_dim == 16 and hrem.config.loss.margin == 0.3
+    with pytest.raises(ConfigError, match="pooling"):
+        plan_runs(base_config, parse_grid(["method=hrem", "model.pooling=gpo"]), [0], tmp_path)

@@ -16,3 +16,12 @@ __all__ += ["DistanceWeightedTripletLoss", "RelevanceKLLoss", "distance_weights"
 from featvlr.losses.distill import RepresentationDistillation, StructureDistillation, wasserstein_1d  # noqa: E402
 
 __all__ += ["RepresentationDistillation", "StructureDistillation", "wasserstein_1d"]
+from featvlr.losses.structure import (  # noqa: E402
+    StructurePreservationLoss,
+    relation_kl,
+    relation_mae,
+    relation_matrix,
+    relation_mse,
+)
+
+__all__ += ["StructurePreservationLoss", "relation_kl", "relation_mae", "relation_matrix", "relation_mse"]
