@@ -262,6 +262,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, cache: str, result_dir: s
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_ranks_match_one_process(cache, tmp_path):
     init_file = tempfile.mktemp(dir=tmp_path)
     mp.spawn(_ddp_worker, args=(2, init_file, str(cache), str(tmp_path)), nprocs=2, join=True)
