@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from featvlr.ablate import parse_grid, plan_runs, run_ablation
+from featvlr.config import save_config
 from featvlr.demo_run import build_demo_caches, find_config
 
 
@@ -40,10 +41,10 @@ def main() -> None:
 
         runs = plan_runs(config, parse_grid(grid), seeds, Path(tmp) / "separate", extra + ["train.progress=false"])
         t = time.perf_counter()
-        for run in runs:
-            cmd = [sys.executable, "-m", "featvlr.cli", "train", "--config", str(config), "--out", str(run.run_dir)]
-            for o in run.overrides:
-                cmd += ["--set", o]
+        for i, run in enumerate(runs):
+            resolved = Path(tmp) / f"cell{i}.yaml"  # the cell's resolved config, as a user would write it
+            save_config(run.config, resolved)
+            cmd = [sys.executable, "-m", "featvlr.cli", "train", "--config", str(resolved), "--out", str(run.run_dir)]
             subprocess.run(cmd, check=True, capture_output=True)
         separate_s = time.perf_counter() - t
     print(f"12 runs ({args.epochs} epoch(s), at most {args.steps} steps each) on {args.cache}")
