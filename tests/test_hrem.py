@@ -13,9 +13,9 @@ R, DR, L, DT = 7, 12, 9, 10
 
 
 def tiny_method(*, warmup: int = 0, dropout: float = 0.1, padding: str = "masked", base: str = "triplet",
-                seed: int = 0) -> HREM:
+                seed: int = 0, topk: int = 4) -> HREM:
     torch.manual_seed(seed)
-    model = HREMModelOptions(embed_dim=16, fragment_heads=4, graph_heads=4, topk=4, dropout=dropout,
+    model = HREMModelOptions(embed_dim=16, fragment_heads=4, graph_heads=4, topk=topk, dropout=dropout,
                              graph_dropout=dropout, fragment_padding=padding)
     loss = HREMLossOptions(graph_warmup_steps=warmup, base=base)
     return HREM(model, loss, FeatureDims(region_dim=DR, n_regions=R, text_dim=DT))
@@ -267,6 +267,22 @@ def test_hinge_base_and_paper_padding_run():
 # -- DDP: two gloo ranks equal one process on the whole batch ------------------------------------------
 
 N_ITEMS = 8
+PADDINGS = ("masked", "paper")
+
+
+def _ddp_step(padding: str, batch: dict, seed: int) -> dict:
+    # top-8 > rank 0's 6 token slots: "paper" scores slots only the other rank's padding creates
+    m = tiny_method(dropout=0.0, padding=padding, topk=8)
+    m.eval()  # deterministic encoders (BatchNorm running stats, no dropout); the loss is the same code
+    with torch.no_grad():  # a non-zero projection of padding, as after training
+        m.encoders.text_proj.bias.copy_(torch.randn(m.encoders.text_proj.bias.shape,
+                                                    generator=torch.Generator().manual_seed(7)))
+    torch.manual_seed(seed)
+    out = m(batch, StepState(step=5))
+    sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+    return {"out": {k: v.detach() for k, v in out.items()},
+            "graph_grads": {n: p.grad.clone() for n, p in m.criterion.named_parameters() if p.grad is not None},
+            "enc_grads": {n: p.grad.clone() for n, p in m.encoders.named_parameters() if p.grad is not None}}
 
 
 def _ddp_worker(rank: int, world: int, init: str, out_dir: str) -> None:
@@ -274,19 +290,11 @@ def _ddp_worker(rank: int, world: int, init: str, out_dir: str) -> None:
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        m = tiny_method(dropout=0.0)
-        m.eval()  # deterministic encoders (BatchNorm running stats, no dropout); the loss is the same code
-        items = sample_items(N_ITEMS)
         share = N_ITEMS // world
-        batch = collate(items[rank * share:(rank + 1) * share])
-        torch.manual_seed(123 + rank)  # rank 0's seed must be the one used for sampling
-        out = m(batch, StepState(step=5))
-        total = sum(v for k, v in out.items() if k.endswith("_loss"))
-        total.backward()
-        grads = {n: p.grad.clone() for n, p in m.criterion.named_parameters() if p.grad is not None}
-        enc = {n: p.grad.clone() for n, p in m.encoders.named_parameters() if p.grad is not None}
-        torch.save({"out": {k: v.detach() for k, v in out.items()}, "graph_grads": grads, "enc_grads": enc},
-                   f"{out_dir}/rank{rank}.pt")
+        batch = collate(sample_items(N_ITEMS)[rank * share:(rank + 1) * share])  # ranks pad differently
+        # rank 0's torch seed must be the one every rank samples negatives with
+        res = {padding: _ddp_step(padding, batch, 123 + rank) for padding in PADDINGS}
+        torch.save(res, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -295,23 +303,19 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_worker, args=(2, f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2, join=True)
-    m = tiny_method(dropout=0.0)
-    m.eval()
-    batch = collate(sample_items(N_ITEMS))
-    torch.manual_seed(123)
-    out = m(batch, StepState(step=5))
-    sum(v for k, v in out.items() if k.endswith("_loss")).backward()
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert float(out["graph_on"]) == 1.0
-    for r in ranks:
-        for key in ("base_loss", "graph_loss", "relation_kl_loss"):
-            torch.testing.assert_close(r["out"][key], out[key].detach(), rtol=1e-4, atol=1e-4)
-        # relation parameters: every rank holds the gradient of the global loss
-        for n, p in m.criterion.named_parameters():
-            torch.testing.assert_close(r["graph_grads"][n], p.grad, rtol=1e-3, atol=1e-5)
-    # encoders: the sum of rank gradients / world (what DDP's average gives) equals one process
-    for n, p in m.encoders.named_parameters():
-        if p.grad is None:
-            continue
-        avg = (ranks[0]["enc_grads"][n] + ranks[1]["enc_grads"][n]) / 2
-        torch.testing.assert_close(avg, p.grad, rtol=1e-3, atol=1e-5)
+    batch = collate(sample_items(N_ITEMS))
+    for padding in PADDINGS:
+        one = _ddp_step(padding, batch, 123)
+        assert float(one["out"]["graph_on"]) == 1.0
+        for r in ranks:
+            r = r[padding]
+            for key in ("base_loss", "graph_loss", "relation_kl_loss"):
+                torch.testing.assert_close(r["out"][key], one["out"][key], rtol=1e-4, atol=1e-4)
+            # relation parameters: every rank holds the gradient of the global loss
+            for n, g in one["graph_grads"].items():
+                torch.testing.assert_close(r["graph_grads"][n], g, rtol=1e-3, atol=1e-5)
+        # encoders: the mean of the rank gradients (what DDP applies) equals one process
+        for n, g in one["enc_grads"].items():
+            avg = (ranks[0][padding]["enc_grads"][n] + ranks[1][padding]["enc_grads"][n]) / 2
+            torch.testing.assert_close(avg, g, rtol=1e-3, atol=1e-5)
