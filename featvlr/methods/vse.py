@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError
+from featvlr.errors import ConfigError, FeatvlrError
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.registry import register_method
@@ -85,6 +85,9 @@ class VSEEncoders(nn.Module):
         return F.normalize(pool_tokens(self.opts.pooling, self.image_gpo, x, batch["region_mask"]), dim=-1)
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "tokens" not in batch:
+            raise FeatvlrError("this method pools token features, but the cache holds pooled text vectors only "
+                               "(extract with a sentence-transformers or BERT text model to get tokens)")
         tokens, mask = batch["tokens"], batch["token_mask"]
         x = self.text_proj(tokens) if self.opts.text_head == "linear" else self.text_proj(tokens, mask)
         return F.normalize(pool_tokens(self.opts.pooling, self.text_gpo, x, mask), dim=-1)
