@@ -39,7 +39,7 @@ global vectors) in three modes, ``model.eval_mode``:
 
 The evaluator (:func:`featvlr.scenarios.evaluate_method`) asks :meth:`GLS.shortlist_plan`
 which of the three to run; ``L`` goes through :meth:`GLS.score` block by block, ``GL``
-through :meth:`GLS.rerank_fn` (each query against its own shortlist in one batched product).
+through :meth:`GLS.rerank_fn` (the shortlisted pairs, grouped by image).
 
 Deviations from the reference code (frozen features, small heads):
 
@@ -80,7 +80,7 @@ from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavie
 from featvlr.modules.alignment import (
     ALIGNMENT_MODES,
     alignment_scores,
-    grouped_alignment_scores,
+    pair_alignment_scores,
     slice_regions,
     slice_words,
 )
@@ -388,38 +388,31 @@ class GLS(Method):
         mode, where ``queries`` is ``"images"`` (i2t: candidates are text rows) or
         ``"texts"`` (t2i: candidates are image rows).
 
-        Each query is scored against its own candidates in one batched product; queries are
-        taken in chunks so that neither the gathered candidate tokens nor the alignment tensor
-        of a chunk exceed ``model.max_alignment_elements``.
+        The local part scores the ``q * k`` pairs grouped by image
+        (:func:`~featvlr.modules.alignment.pair_alignment_scores`), with temporaries of at
+        most ``min(model.max_alignment_elements, 2**20)`` entries.
         """
         opts = self.model_opts
+        budget = min(opts.max_alignment_elements, 1 << 20)
 
         @torch.no_grad()
         def rerank(q: torch.Tensor, cand: torch.Tensor, queries: str = "images") -> torch.Tensor:
             if queries not in ("images", "texts"):
                 raise ValueError(f"queries must be 'images' or 'texts', got {queries!r}")
-            qside, cside = (images, texts) if queries == "images" else (texts, images)
-            k = cand.shape[1]
-            out = []
-            if opts.eval_mode == "G" or k == 0:
-                step = len(q) or 1
-            else:
-                s_q, s_c, d = qside["tokens"].shape[1], cside["tokens"].shape[1], cside["tokens"].shape[2]
-                step = max(1, opts.max_alignment_elements // (k * max(s_q * s_c, s_c * d)))
-            device = next(iter(qside.values())).device
-            for a in range(0, len(q), step):
-                qi, ci = q[a:a + step].to(device), cand[a:a + step].to(device)
-                score = None
-                if opts.eval_mode in ("G", "GL"):
-                    g = torch.einsum("qd,qkd->qk", qside["global"][qi], cside["global"][ci])
-                    score = opts.global_weight * g if opts.eval_mode == "GL" else g
-                if opts.eval_mode in ("L", "GL"):
-                    local = opts.local_scale * grouped_alignment_scores(
-                        qside["tokens"][qi], qside["mask"][qi], cside["tokens"][ci], cside["mask"][ci],
-                        queries=queries, mode=opts.alignment_mode)
-                    score = local if score is None else local + score
-                out.append(score.float())
-            return torch.cat(out) if out else cand.new_zeros(cand.shape, dtype=torch.float32)
+            device = next(iter(images.values())).device
+            q_rows = q.to(device)[:, None].expand(cand.shape)
+            cand = cand.to(device)
+            img_rows, txt_rows = (q_rows, cand) if queries == "images" else (cand, q_rows)
+            score = torch.zeros(cand.shape, dtype=torch.float32, device=device)
+            if opts.eval_mode in ("G", "GL"):
+                g = (images["global"][img_rows] * texts["global"][txt_rows]).sum(-1).float()
+                score += opts.global_weight * g if opts.eval_mode == "GL" else g
+            if opts.eval_mode in ("L", "GL"):
+                local = pair_alignment_scores(images["tokens"], images["mask"], texts["tokens"], texts["mask"],
+                                              img_rows.reshape(-1), txt_rows.reshape(-1), mode=opts.alignment_mode,
+                                              max_elements=budget)
+                score += opts.local_scale * local.view(cand.shape)
+            return score
 
         return rerank
 

@@ -6,9 +6,9 @@ __all__ = ["GPO", "RegionProjection", "TokenBatchNorm", "masked_max", "masked_me
 from featvlr.modules.combiner import Combiner, CombinerLevels, MultiLevelCombiner  # noqa: E402
 
 __all__ += ["Combiner", "CombinerLevels", "MultiLevelCombiner"]
-from featvlr.modules.alignment import TokenAlignment, alignment_scores, grouped_alignment_scores, teran_slice  # noqa: E402
+from featvlr.modules.alignment import TokenAlignment, alignment_scores, pair_alignment_scores, teran_slice  # noqa: E402
 
-__all__ += ["TokenAlignment", "alignment_scores", "grouped_alignment_scores", "teran_slice"]
+__all__ += ["TokenAlignment", "alignment_scores", "pair_alignment_scores", "teran_slice"]
 from featvlr.modules.fragment import FragmentPool  # noqa: E402
 from featvlr.modules.relation import CrossModalRelevance, InstanceRelation, fragment_similarity  # noqa: E402
 

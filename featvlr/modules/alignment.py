@@ -27,8 +27,8 @@ usually the final period) are dropped, so a caption of ``L`` tokens keeps ``L - 
 
 Two forms: :func:`alignment_scores` scores every image against every caption, block by
 block so that the ``[images, regions, captions, words]`` tensor stays under a budget;
-:func:`grouped_alignment_scores` scores each query against its own candidate list in one
-batched product (the shortlist re-rank of GLS). :class:`TokenAlignment` wraps both with the
+:func:`pair_alignment_scores` scores given (image, caption) pairs, grouped by image (the
+shortlist re-rank of GLS). :class:`TokenAlignment` wraps both with the
 slicing and a scale.
 
 Masking differs from the peer code in one place: the peer code sets padded pairs to 0
@@ -154,29 +154,56 @@ def alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_
     return torch.cat(rows, 0) if len(rows) > 1 else rows[0]
 
 
-def grouped_alignment_scores(query_tokens: torch.Tensor, query_mask: torch.Tensor, cand_tokens: torch.Tensor,
-                             cand_mask: torch.Tensor, *, queries: str = "images", mode: str = "MrSw") -> torch.Tensor:
-    """``[q, k]`` alignment scores of each query against its own ``k`` candidates (no slicing).
+def pair_alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_tokens: torch.Tensor,
+                          text_mask: torch.Tensor, image_rows: torch.Tensor, text_rows: torch.Tensor, *,
+                          mode: str = "MrSw", max_elements: int = 1 << 20) -> torch.Tensor:
+    """``[P]`` alignment scores of the pairs ``(image_rows[p], text_rows[p])`` of two token
+    sets ``[Ni, R, d]`` and ``[Nt, W, d]`` (no slicing); the shortlist re-rank of GLS.
 
-    ``queries="images"``: query regions ``[q, R, d]`` against candidate captions
-    ``[q, k, W, d]``; ``queries="texts"``: query captions ``[q, W, d]`` against candidate
-    images ``[q, k, R, d]``. One batched product per call (the shortlist re-rank of GLS).
+    Pairs are grouped by image: each image's regions are multiplied with the words of all
+    its paired captions at once, so only caption tokens are gathered (never a copy of the
+    regions per pair). Groups are cut into pieces of at most ``max_elements // max(R * W,
+    W * d)`` captions and pieces of similar size are batched together, which keeps every
+    temporary (gathered words, alignment tensor) near ``max_elements`` entries.
     """
     _check_mode(mode)
-    q, k, s, d = cand_tokens.shape
-    if q == 0 or k == 0 or s == 0 or query_tokens.shape[1] == 0:
-        return query_tokens.new_zeros(q, k)
-    cand_tokens = cand_tokens.to(query_tokens.dtype)
-    if queries == "images":
-        r = query_tokens.shape[1]
-        a = torch.bmm(query_tokens, cand_tokens.reshape(q, k * s, d).transpose(1, 2)).view(q, r, k, s)
-        return _aggregate(a, query_mask[:, :, None, None], cand_mask[:, None], mode)
-    if queries == "texts":
-        w = query_tokens.shape[1]
-        a = torch.bmm(cand_tokens.reshape(q, k * s, d), query_tokens.transpose(1, 2)).view(q * k, s, 1, w)
-        words = query_mask[:, None, :].expand(q, k, w).reshape(q * k, 1, 1, w)
-        return _aggregate(a, cand_mask.reshape(q * k, s, 1, 1), words, mode).view(q, k)
-    raise ValueError(f"queries must be 'images' or 'texts', got {queries!r}")
+    p = image_rows.numel()
+    out = torch.zeros(p, dtype=torch.float32, device=image_tokens.device)
+    r, d = image_tokens.shape[1], image_tokens.shape[2]
+    w = text_tokens.shape[1]
+    if p == 0 or r == 0 or w == 0:
+        return out
+    dev = image_tokens.device
+    image_rows, text_rows = image_rows.to(dev).reshape(-1), text_rows.to(dev).reshape(-1)
+    per_pair = max(r * w, w * d)
+    cap = max(1, max_elements // per_pair)
+    order = torch.argsort(image_rows, stable=True)
+    img_sorted = image_rows[order]
+    new_image = torch.ones(p, dtype=torch.bool, device=dev)
+    new_image[1:] = img_sorted[1:] != img_sorted[:-1]
+    image_start = torch.cummax(torch.where(new_image, torch.arange(p, device=dev), 0), 0).values
+    starts_piece = new_image | ((torch.arange(p, device=dev) - image_start) % cap == 0)
+    piece_start = torch.nonzero(starts_piece).flatten()  # [G]
+    counts = torch.diff(piece_start, append=torch.tensor([p], device=dev))
+    by_size = torch.argsort(counts, descending=True, stable=True)
+    counts_sorted = counts[by_size].tolist()
+    g0 = 0
+    while g0 < len(counts_sorted):
+        m = counts_sorted[g0]
+        n = max(1, max_elements // (m * per_pair))  # pieces of this size per batch
+        sel = by_size[g0:g0 + n]
+        slot = torch.arange(m, device=dev)
+        valid = slot[None] < counts[sel][:, None]  # [g, m]
+        pos = order[(piece_start[sel][:, None] + slot[None]).clamp(max=p - 1)]  # pair ids [g, m]
+        t = text_rows[pos]
+        words = text_tokens[t].to(image_tokens.dtype)  # [g, m, W, d]
+        wmask = text_mask[t] & valid[..., None]
+        img = image_rows[pos[:, 0]]
+        a = torch.bmm(image_tokens[img], words.reshape(len(sel), m * w, d).transpose(1, 2)).view(len(sel), r, m, w)
+        scores = _aggregate(a, image_mask[img][:, :, None, None], wmask[:, None], mode)
+        out[pos[valid]] = scores[valid].float()
+        g0 += len(sel)
+    return out
 
 
 class TokenAlignment(nn.Module):
@@ -221,18 +248,12 @@ class TokenAlignment(nn.Module):
         scores = alignment_scores(img, imask, txt, tmask, mode=self.mode, max_elements=self.max_elements)
         return scores * self.scale if self.scale != 1.0 else scores
 
-    def grouped(self, query_tokens: torch.Tensor, query_mask: torch.Tensor, cand_tokens: torch.Tensor,
-                cand_mask: torch.Tensor, *, queries: str = "images") -> torch.Tensor:
-        """``[q, k]`` scores of each query against its own candidates
-        (:func:`grouped_alignment_scores`; queries are images or texts)."""
-        if queries == "images":
-            query_tokens, query_mask, cand_tokens, cand_mask = self.slice(query_tokens, query_mask,
-                                                                          cand_tokens, cand_mask)
-        else:
-            cand_tokens, cand_mask, query_tokens, query_mask = self.slice(cand_tokens, cand_mask,
-                                                                          query_tokens, query_mask)
-        scores = grouped_alignment_scores(query_tokens, query_mask, cand_tokens, cand_mask, queries=queries,
-                                          mode=self.mode)
+    def pairs(self, image_tokens: torch.Tensor, image_mask: torch.Tensor, text_tokens: torch.Tensor,
+              text_mask: torch.Tensor, image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        """``[P]`` scores of the pairs ``(image_rows[p], text_rows[p])`` (:func:`pair_alignment_scores`)."""
+        img, imask, txt, tmask = self.slice(image_tokens, image_mask, text_tokens, text_mask)
+        scores = pair_alignment_scores(img, imask, txt, tmask, image_rows, text_rows, mode=self.mode,
+                                       max_elements=min(self.max_elements, 1 << 20))
         return scores * self.scale if self.scale != 1.0 else scores
 
     def extra_repr(self) -> str:
