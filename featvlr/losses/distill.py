@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr.losses.infonce import soft_cross_entropy, soft_id_targets
+from featvlr.losses.infonce import ClampedTemperature, soft_cross_entropy, soft_id_targets
 from featvlr.losses.structure import off_diagonal, relation_matrix
 
 DISTANCES = ("mae", "mse", "wd")
@@ -81,7 +81,7 @@ def relation_distance(student: torch.Tensor, target: torch.Tensor, distance: str
     raise ValueError(f"unknown relation distance {distance!r} ({', '.join(DISTANCES)})")
 
 
-class RepresentationDistillation(nn.Module):
+class RepresentationDistillation(ClampedTemperature):
     """Representation-level distillation of RVLR (Yang et al., TIP 2024; the paper's
     ``L_iic`` and ``L_ttc``).
 
@@ -99,20 +99,6 @@ class RepresentationDistillation(nn.Module):
 
         loss = RepresentationDistillation()(v, F.normalize(proj(teacher_image)), image_ids)
     """
-
-    def __init__(self, *, temperature: float = 0.07, learnable: bool = True,
-                 tau_min: float = 0.01, tau_max: float = 0.5):
-        super().__init__()
-        self.tau_min, self.tau_max = tau_min, tau_max
-        log_tau = torch.tensor(math.log(temperature))
-        if learnable:
-            self.log_tau = nn.Parameter(log_tau)
-        else:
-            self.register_buffer("log_tau", log_tau)
-
-    @property
-    def tau(self) -> torch.Tensor:
-        return self.log_tau.exp().clamp(self.tau_min, self.tau_max)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
         with torch.autocast(student.device.type, enabled=False):  # relations in float32

@@ -19,16 +19,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-class SoftIdInfoNCE(nn.Module):
-    """Image-text contrastive loss with soft image-id targets (X-VLM's ITC, Zeng et al.,
-    ICML 2022, as used by CoVLR and RVLR).
-
-    Input: L2-normalised ``v [B, d]`` and ``t [B, d]`` and ``image_ids [B]``.
-    ``logits = v t^T / tau``; the targets spread the probability evenly over the captions
-    (images) that share the image id; ``L = (CE_soft(rows) + CE_soft(columns)) / 2``, mean
-    over the batch. ``tau`` starts at ``temperature`` and is learnable when ``learnable``;
-    unlike X-VLM it is clamped to ``[tau_min, tau_max]`` so it cannot run away.
-    """
+class ClampedTemperature(nn.Module):
+    """A temperature ``tau`` stored as ``log_tau``, learnable or fixed, clamped to
+    ``[tau_min, tau_max]`` so that a loss cannot shrink by running it away."""
 
     def __init__(self, *, temperature: float = 0.07, learnable: bool = True,
                  tau_min: float = 0.01, tau_max: float = 0.5):
@@ -43,6 +36,18 @@ class SoftIdInfoNCE(nn.Module):
     @property
     def tau(self) -> torch.Tensor:
         return self.log_tau.exp().clamp(self.tau_min, self.tau_max)
+
+
+class SoftIdInfoNCE(ClampedTemperature):
+    """Image-text contrastive loss with soft image-id targets (X-VLM's ITC, Zeng et al.,
+    ICML 2022, as used by CoVLR and RVLR).
+
+    Input: L2-normalised ``v [B, d]`` and ``t [B, d]`` and ``image_ids [B]``.
+    ``logits = v t^T / tau``; the targets spread the probability evenly over the captions
+    (images) that share the image id; ``L = (CE_soft(rows) + CE_soft(columns)) / 2``, mean
+    over the batch. ``tau`` starts at ``temperature`` and is learnable when ``learnable``;
+    unlike X-VLM it is clamped to ``[tau_min, tau_max]`` so it cannot run away.
+    """
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
         logits = v @ t.t() / self.tau
