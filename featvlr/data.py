@@ -80,7 +80,45 @@ def move_to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-class CaptionBatches(Dataset):
+class SeededBatches(Dataset):
+    """Epochs of global batches over ``items``: a permutation seeded by ``(seed, epoch)``,
+    cut into batches of ``batch_size`` (the last incomplete one dropped), each shared by
+    contiguous slices among ``world_size`` ranks. Subclasses build a batch in ``__getitem__``."""
+
+    def _init_batches(self, items: np.ndarray, *, batch_size: int, seed: int, rank: int, world_size: int,
+                      max_batches: int, what: str) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
+        n_batches = len(items) // batch_size
+        if n_batches == 0:
+            raise ValueError(f"{what}: {len(items)} items, fewer than one batch of {batch_size}")
+        self.items = items
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.n_batches = min(n_batches, max_batches) if max_batches else n_batches
+        self.epoch = 0
+        self._perm: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._perm = None
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def permutation(self) -> np.ndarray:
+        if self._perm is None:
+            self._perm = self.items[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))]
+        return self._perm
+
+    def batch_rows(self, b: int) -> np.ndarray:
+        """The items of global batch ``b`` that this rank handles."""
+        rows = self.permutation()[b * self.batch_size:(b + 1) * self.batch_size]
+        share = self.batch_size // self.world_size
+        return rows[self.rank * share:(self.rank + 1) * share]
+
+
+class CaptionBatches(SeededBatches):
     """Epoch of training batches over the captions of a split (one item = one batch).
 
     Args:
@@ -95,41 +133,17 @@ class CaptionBatches(Dataset):
 
     def __init__(self, split: StoreSplit, *, batch_size: int, seed: int = 0, region_dropout: float = 0.0,
                  max_tokens: int = 0, rank: int = 0, world_size: int = 1, max_batches: int = 0):
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
         self.split = split
-        self.batch_size = batch_size
-        self.seed = seed
         self.region_dropout = region_dropout
         self.max_tokens = max_tokens
-        self.rank, self.world_size = rank, world_size
         self.image_index = split.image_index()
         self.has_global = split.has(f"images/{split.name}/global")
-        n_batches = len(self.image_index) // batch_size  # drop the last incomplete batch
-        if n_batches == 0:
-            raise ValueError(f"split {split.name!r} has {len(self.image_index)} captions, fewer than one batch "
-                             f"of {batch_size}")
-        self.n_batches = min(n_batches, max_batches) if max_batches else n_batches
-        self.epoch = 0
-        self._perm: np.ndarray | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._perm = None
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def permutation(self) -> np.ndarray:
-        if self._perm is None:
-            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.image_index))
-        return self._perm
+        self._init_batches(np.arange(len(self.image_index)), batch_size=batch_size, seed=seed, rank=rank,
+                           world_size=world_size, max_batches=max_batches, what=f"captions of split {split.name!r}")
 
     def caption_rows(self, b: int) -> np.ndarray:
         """The captions of global batch ``b`` that this rank handles."""
-        rows = self.permutation()[b * self.batch_size:(b + 1) * self.batch_size]
-        share = self.batch_size // self.world_size
-        return rows[self.rank * share:(self.rank + 1) * share]
+        return self.batch_rows(b)
 
     def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
         captions = self.caption_rows(b)

@@ -45,9 +45,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from featvlr.data import iter_image_batches, move_to, to_tensors
+from featvlr.data import SeededBatches, iter_image_batches, move_to, to_tensors
 from featvlr.errors import InputError
 from featvlr.retrieval import DEFAULT_CHUNK_ELEMENTS
 from featvlr.store import FeatureStore, StoreSplit, _take
@@ -106,7 +105,7 @@ def read_queries(split: StoreSplit) -> ComposedQueries:
                            pair_ids=arrays.get("pair_ids"), category=arrays.get("category"))
 
 
-class ComposedBatches(Dataset):
+class ComposedBatches(SeededBatches):
     """Epoch of composed training batches (one item = one whole batch).
 
     Args:
@@ -120,20 +119,13 @@ class ComposedBatches(Dataset):
 
     def __init__(self, split: StoreSplit, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  max_batches: int = 0, use_aug: bool = True):
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
         self.split = split
-        self.batch_size, self.seed = batch_size, seed
-        self.rank, self.world_size = rank, world_size
         q = read_queries(split)
         keep = np.nonzero(q.target >= 0)[0]  # training needs a target
         self.queries = q
         self.rows = keep
-        n_batches = len(keep) // batch_size  # drop the last incomplete batch
-        if n_batches == 0:
-            raise ValueError(f"split {split.name!r} has {len(keep)} composed queries with a target, fewer than "
-                             f"one batch of {batch_size}")
-        self.n_batches = min(n_batches, max_batches) if max_batches else n_batches
+        self._init_batches(keep, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
+                           max_batches=max_batches, what=f"composed queries with a target in split {split.name!r}")
         self.global_ = np.asarray(split.global_features(), dtype=np.float32)
         self.pooled = np.asarray(split.pooled(), dtype=np.float32)
         self.n_variants = (q.text >= 0).sum(1)
@@ -150,26 +142,10 @@ class ComposedBatches(Dataset):
             self.has_aug = self.n_aug > 0
         else:
             self.has_aug = False
-        self.epoch = 0
-        self._perm: np.ndarray | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._perm = None
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def permutation(self) -> np.ndarray:
-        if self._perm is None:
-            self._perm = self.rows[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))]
-        return self._perm
 
     def query_rows(self, b: int) -> np.ndarray:
         """The queries of global batch ``b`` that this rank handles."""
-        rows = self.permutation()[b * self.batch_size:(b + 1) * self.batch_size]
-        share = self.batch_size // self.world_size
-        return rows[self.rank * share:(self.rank + 1) * share]
+        return self.batch_rows(b)
 
     def _aug_views(self, refs: np.ndarray, k: np.ndarray) -> np.ndarray:
         if self.aug is not None:
