@@ -1,0 +1,50 @@
+"""Atomic file writes: a temporary name beside the target, ``os.replace``-d on success.
+
+Every file featvlr writes for a user (caches, checkpoints, configs, results, rankings,
+teacher embeddings, plots) goes through :func:`atomic_path`, so an interrupted or failed
+write never leaves a file that looks finished::
+
+    with atomic_path(run_dir / "eval" / "test.json") as tmp:
+        tmp.write_text(json.dumps(record))
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def partial_name(path: str | os.PathLike) -> Path:
+    """The temporary name used while ``path`` is written: ``<name>.<pid>.partial<suffix>``.
+
+    The suffix is kept so that writers which choose a format by extension (``np.savez``,
+    matplotlib) write the same format; the pid keeps concurrent writers apart.
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it onto ``path`` when the block succeeds.
+
+    The parent folder is created. On an exception (or a missing temporary file) the
+    temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
