@@ -1,14 +1,21 @@
-"""Method registry: ``@register_method("name")`` on a :class:`~featvlr.methods.base.Method`."""
+"""Method registry: ``@register_method("name")`` on a :class:`~featvlr.methods.base.Method`.
+
+Every module of the :mod:`featvlr.methods` package is imported on the first lookup, so a
+built-in method is registered by writing its file; nothing else lists it. A method defined
+anywhere else (a user's module, a test file) is registered by importing that module, which
+runs its decorator. An error while importing a method module is raised, never hidden.
+"""
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 
 from featvlr.errors import ConfigError
 
 _METHODS: dict[str, type] = {}
-# Modules imported on first lookup so that every built-in method is registered.
-BUILTIN_MODULES = ("vse", "hrem", "covlr", "rvlr", "gls", "mlcl", "combiner")
+_PACKAGE = "featvlr.methods"
+_discovered = False
 
 
 def register_method(name: str):
@@ -24,22 +31,29 @@ def register_method(name: str):
     return deco
 
 
-def _load_builtins() -> None:
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"featvlr.methods.{mod}")
-        except ModuleNotFoundError as exc:  # a method module not written yet
-            if exc.name != f"featvlr.methods.{mod}":
-                raise
+def method_modules() -> list[str]:
+    """Full names of the modules of the :mod:`featvlr.methods` package, sorted."""
+    package = importlib.import_module(_PACKAGE)
+    return sorted(f"{_PACKAGE}.{info.name}" for info in pkgutil.iter_modules(package.__path__))
+
+
+def _discover() -> None:
+    """Import every module of the methods package once (their decorators register them)."""
+    global _discovered
+    if _discovered:
+        return
+    for module in method_modules():
+        importlib.import_module(module)
+    _discovered = True
 
 
 def list_methods() -> list[str]:
-    _load_builtins()
+    _discover()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> type:
-    _load_builtins()
+    _discover()
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
