@@ -34,9 +34,11 @@ from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_
 from featvlr.config import Config, config_to_dict, save_config
 from featvlr.errors import ConfigError, FeatvlrError, InputError
 from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.device import pick_device
 from featvlr.methods.registry import get_method
 from featvlr.runlog import RunLogger
 from featvlr.store import StoreSplit, open_store
+from featvlr.tasks import get_task
 
 
 class TrainingDiverged(FeatvlrError):
@@ -58,14 +60,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available")
-    return torch.device(name)
 
 
 def lr_factor(step: int, *, schedule: str, warmup_steps: int, steps_per_epoch: int, total_steps: int,
@@ -132,51 +126,19 @@ def _in_memory(cfg: Config, split: StoreSplit) -> bool:
     return size <= cfg.data.in_memory_max_gb * (1 << 30)
 
 
-def _check_splits(store, cfg: Config, method_cls: type[Method], select_split: str) -> None:
-    """Fail before the first epoch (on every rank alike) when a split the run needs is missing."""
-    names = store.splits()
-    needed = [("data.test_split", cfg.data.test_split)]
-    if cfg.train.eval_every:
-        needed.append(("train.select_split", select_split))
-    for what, split in needed:
-        if not split or split in names:
-            continue
-        per_category = method_cls.task == "composed" and any(n.startswith(split + "_") for n in names)
-        if not per_category:
-            raise InputError(store.path, f"{what}={split!r} is not a split of the cache (it has: {', '.join(names)})")
-
-
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """Seed of (run seed, rank, epoch): every epoch starts from a known RNG state, so a resumed
     run (on any number of ranks) draws what an uninterrupted one would."""
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
-def build_batches(method_cls: type[Method], cfg: Config, split: StoreSplit, *, rank: int, world: int):
-    common = dict(batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank, world_size=world,
-                  max_batches=cfg.train.max_steps_per_epoch)
-    try:
-        if method_cls.task == "composed":
-            from featvlr.data_composed import ComposedBatches
-
-            return ComposedBatches(split, **common)
-        from featvlr.data import CaptionBatches
-
-        return CaptionBatches(split, region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens,
-                              **common)
-    except ValueError as exc:
-        raise InputError(split.store.path, str(exc)) from None
-
-
-def evaluate(method: Method, split: StoreSplit, cfg: Config, scenarios: list[str], device) -> dict[str, Any]:
+def evaluate(method: Method, task, split: StoreSplit, cfg: Config, scenarios: list[str], device) -> dict[str, Any]:
     """Metrics of ``method`` on ``split`` for the given scenarios (rank 0 only)."""
-    from featvlr.validate import evaluate_split
-
     was_training = method.training
     method.eval()
     try:
         with torch.no_grad():
-            return evaluate_split(method, split, cfg, scenarios, device)
+            return task.evaluate(method, split, cfg, scenarios, device)
     finally:
         method.train(was_training)
 
@@ -203,12 +165,13 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
 
     store = open_store(cfg.data.cache)
     train_split = store.split(cfg.data.train_split)
-    _check_splits(store, cfg, method_cls, select_split)
+    task = get_task(method_cls.task)
+    task.check_splits(store, cfg, select_split)
     if _in_memory(cfg, train_split):
         train_split.load_in_memory()
     dims = feature_dims(train_split)
     method = method_cls(cfg.model, cfg.loss, dims).to(device)
-    batches = build_batches(method_cls, cfg, train_split, rank=rank, world=world)
+    batches = task.build_batches(cfg, train_split, rank=rank, world=world)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * cfg.train.epochs
 
@@ -241,7 +204,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     model: torch.nn.Module = method
     if distributed:
         model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=True)
+                                        **method.ddp_options())
     if tr.compile:
         model = torch.compile(model)
 
@@ -301,8 +264,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             scaler.update()
             scheduler.step()
             step += 1
-            n_items = batch["image_ids"].shape[0] * world if "image_ids" in batch else tr.batch_size
-            items += n_items
+            items += tr.batch_size
             values = {k: float(v.detach()) for k, v in out.items() if v.numel() == 1}
             values["loss"] = float(total.detach())
             for k, v in values.items():
@@ -320,9 +282,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
         if is_main:
             metrics: dict[str, Any] = {}
             if tr.eval_every and ((epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs):
-                # a composed FashionIQ dev split names per-category splits (val -> val_dress, ...)
-                dev = StoreSplit(store, select_split) if method_cls.task == "composed" else store.split(select_split)
-                metrics = evaluate(method, dev, cfg, cfg.eval.dev_scenarios, device)
+                dev = task.eval_split(store, select_split)
+                metrics = evaluate(method, task, dev, cfg, cfg.eval.dev_scenarios, device)
                 if select_key not in metrics:
                     raise ConfigError(f"train.select_metric={select_key!r} is not among the evaluation's "
                                       f"metrics ({', '.join(sorted(metrics))})")
@@ -345,10 +306,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             save_checkpoint(run_dir / "ckpt" / "best.pt", checkpoint_payload(tr.epochs))
         best = load_checkpoint(run_dir / "ckpt" / "best.pt")
         method.load_state_dict(best["model"])
-        if cfg.data.test_split and cfg.data.test_split in store.splits():
+        if cfg.data.test_split and task.has_split(store, cfg.data.test_split):
             from featvlr.validate import write_eval
 
-            result.test_metrics = write_eval(method, store.split(cfg.data.test_split), cfg, device,
+            result.test_metrics = write_eval(method, task, task.eval_split(store, cfg.data.test_split), cfg, device,
                                              run_dir / "eval" / f"{cfg.data.test_split}.json",
                                              checkpoint=run_dir / "ckpt" / "best.pt")
             logger.log({"event": "test", **{k: v for k, v in _flatten(result.test_metrics).items()}})
@@ -383,4 +344,4 @@ def train_from_files(config: str | Path, overrides: list[str], out: str | Path |
 
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "train_from_files", "lr_factor", "seed_everything",
-           "pick_device", "feature_dims"]
+           "feature_dims"]

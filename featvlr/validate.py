@@ -41,8 +41,8 @@ def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, devi
                            teran_ndcg=final, **kwargs)
 
 
-def write_eval(method, split, cfg: Config, device, path: str | Path, *, checkpoint: str | Path | None = None,
-               ) -> dict[str, Any]:
+def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
+               checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Evaluate every configured scenario on ``split``; write the results JSON and plots at ``path``."""
     from featvlr.evaluate import write_results
 
@@ -51,12 +51,11 @@ def write_eval(method, split, cfg: Config, device, path: str | Path, *, checkpoi
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     with torch.no_grad():
-        metrics = evaluate_split(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
-                                 submission_dir=Path(path).parent / "submission")
+        metrics = task.evaluate(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
+                                submission_dir=Path(path).parent / "submission")
     record = write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
                            seconds=time.perf_counter() - t0, checkpoint=checkpoint)
-    if getattr(method, "task", "cross_modal") == "cross_modal" and not getattr(method, "pairwise", False):
-        save_query_ranks(method, split, cfg, device, Path(path).with_name(f"{split.name}_ranks.npz"))
+    task.after_final_eval(method, split, cfg, device, Path(path).parent)
     return record
 
 

@@ -109,6 +109,11 @@ class Method(nn.Module):
                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 
+    def ddp_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``DistributedDataParallel`` for this method. By default unused
+        parameters are searched for (stage-dependent heads, warm-up phases)."""
+        return {"find_unused_parameters": True}
+
     @classmethod
     def prepare(cls, config: Any, run_dir: Any) -> Any:
         """Hook run before training: a multi-stage method may train a prerequisite run here

@@ -1,0 +1,51 @@
+"""The task contract the trainer calls (see :mod:`featvlr.tasks`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from featvlr.errors import InputError
+
+
+class Task:
+    """Batch building, split checks, dev split and evaluation of one kind of retrieval."""
+
+    name: ClassVar[str] = ""
+
+    # -- training data ---------------------------------------------------------------------
+    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int) -> Any:
+        """The epoch-seeded dataset of training batches (see :class:`featvlr.data.SeededBatches`)."""
+        raise NotImplementedError
+
+    # -- splits ------------------------------------------------------------------------------
+    def has_split(self, store: Any, name: str) -> bool:
+        """Whether ``name`` can be evaluated on ``store`` (a split of it, by default)."""
+        return name in store.splits()
+
+    def check_splits(self, store: Any, cfg: Any, select_split: str) -> None:
+        """Fail before the first epoch (on every rank alike) when a split the run needs is missing."""
+        needed = [("data.test_split", cfg.data.test_split)]
+        if cfg.train.eval_every:
+            needed.append(("train.select_split", select_split))
+        for what, split in needed:
+            if split and not self.has_split(store, split):
+                raise InputError(store.path, f"{what}={split!r} is not a split of the cache "
+                                 f"(it has: {', '.join(store.splits())})")
+
+    def eval_split(self, store: Any, name: str) -> Any:
+        """The split object evaluation of ``name`` takes."""
+        return store.split(name)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
+                 final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
+                 ) -> dict[str, float]:
+        """Flat metrics of ``method`` (in eval mode, under ``no_grad``) on ``split``.
+
+        ``final``: the test-time protocol (every fold, TERAN NDCG); otherwise the cheap dev one.
+        ``curves`` is filled with Recall@K curves; ``submission_dir`` receives test-server files.
+        """
+        raise NotImplementedError
+
+    def after_final_eval(self, method: Any, split: Any, cfg: Any, device: Any, eval_dir: Path) -> None:
+        """Extra files written beside the final results (per-query ranks, ...)."""

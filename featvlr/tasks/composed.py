@@ -1,0 +1,44 @@
+"""Composed retrieval (reference image + modifier text -> target image): composed batches and
+the CIRR / FashionIQ / Shoes protocols; a FashionIQ split name may stand for its per-category
+splits (``val`` for ``val_dress``, ``val_shirt``, ``val_toptee``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from featvlr.errors import InputError
+from featvlr.tasks import register_task
+from featvlr.tasks.base import Task
+
+
+class ComposedTask(Task):
+    name = "composed"
+
+    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int) -> Any:
+        from featvlr.data.composed import ComposedBatches
+
+        try:
+            return ComposedBatches(split, batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
+                                   world_size=world, max_batches=cfg.train.max_steps_per_epoch)
+        except ValueError as exc:
+            raise InputError(split.store.path, str(exc)) from None
+
+    def has_split(self, store: Any, name: str) -> bool:
+        names = store.splits()
+        return name in names or any(n.startswith(name + "_") for n in names)
+
+    def eval_split(self, store: Any, name: str) -> Any:
+        from featvlr.store import StoreSplit
+
+        return StoreSplit(store, name)  # may name per-category splits only
+
+    def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
+                 final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
+                 ) -> dict[str, float]:
+        from featvlr.validate import evaluate_split
+
+        return evaluate_split(method, split, cfg, scenarios, device, final=final, curves=curves,
+                              submission_dir=submission_dir)
+
+
+register_task(ComposedTask())

@@ -1,0 +1,41 @@
+"""Cross-modal retrieval (image <-> caption): caption batches, the scenarios of
+:mod:`featvlr.scenarios`, per-query ranks for significance tests."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from featvlr.errors import InputError
+from featvlr.tasks import register_task
+from featvlr.tasks.base import Task
+
+
+class CrossModalTask(Task):
+    name = "cross_modal"
+
+    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int) -> Any:
+        from featvlr.data import CaptionBatches
+
+        try:
+            return CaptionBatches(split, batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
+                                  world_size=world, max_batches=cfg.train.max_steps_per_epoch,
+                                  region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens)
+        except ValueError as exc:
+            raise InputError(split.store.path, str(exc)) from None
+
+    def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
+                 final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
+                 ) -> dict[str, float]:
+        from featvlr.validate import evaluate_split
+
+        return evaluate_split(method, split, cfg, scenarios, device, final=final, curves=curves,
+                              submission_dir=submission_dir)
+
+    def after_final_eval(self, method: Any, split: Any, cfg: Any, device: Any, eval_dir: Path) -> None:
+        if not getattr(method, "pairwise", False):
+            from featvlr.validate import save_query_ranks
+
+            save_query_ranks(method, split, cfg, device, Path(eval_dir) / f"{split.name}_ranks.npz")
+
+
+register_task(CrossModalTask())
