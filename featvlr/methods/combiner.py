@@ -32,7 +32,9 @@ from featvlr.modules.combiner import Combiner
 
 
 @dataclass
-class CombinerModelOptions:
+class ComposedModelOptions:
+    """Model options of every Combiner-based composed method (``combiner``, ``mlcl``)."""
+
     # Combiner widths; 0 picks CLIP4Cir's ratios to the image feature size d (4 d and 8 d).
     projection_dim: int = 0
     hidden_dim: int = 0
@@ -41,6 +43,11 @@ class CombinerModelOptions:
     text_adapter: str = "auto"
     # L2-normalise the frozen reference/text features before the Combiner (CLIP4Cir: off).
     normalize_inputs: bool = False
+
+
+@dataclass
+class CombinerModelOptions(ComposedModelOptions):
+    """The Combiner's widths, text adapter and input normalisation; nothing more."""
 
 
 @dataclass

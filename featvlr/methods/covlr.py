@@ -98,6 +98,7 @@ from featvlr.errors import ConfigError
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (
     VSEEncoders,
@@ -219,7 +220,7 @@ def select_virtual(names: list[str], spec: list[str]) -> list[str]:
 
 
 @register_method("covlr")
-class CoVLR(Method):
+class CoVLR(TowerEncoders, Method):
     """CoVLR's meta-learning step on the VSE-infinity towers (see the module docstring).
 
     Input: cross-modal training batches; output of ``training_step``: ``contrastive_loss``
@@ -256,13 +257,6 @@ class CoVLR(Method):
             raise ConfigError(f"loss.image_feature: {o.image_feature!r} (mean_regions, global)")
         if o.inner_loss_scale <= 0:
             raise ConfigError("loss.inner_loss_scale must be > 0")
-
-    # -- evaluation ------------------------------------------------------------------------
-    def encode_images(self, batch):
-        return self.encoders.encode_images(batch)
-
-    def encode_texts(self, batch):
-        return self.encoders.encode_texts(batch)
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch, state: StepState):

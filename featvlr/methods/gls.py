@@ -75,6 +75,7 @@ from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError, InputError
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavier_linear
 from featvlr.modules.alignment import (
@@ -126,13 +127,9 @@ class GLSModelOptions:
 
 
 @dataclass
-class GLSLossOptions:
-    margin: float = 0.2
-    max_violation: bool = True
+class GLSLossOptions(HingeOptions):
     # Epochs summing over negatives before the hardest negative (0: hardest from the start, as TERAN/TGDT).
     warmup_epochs: int = 0
-    # Captions of the same image are not negatives (off reproduces TERAN/TGDT).
-    id_mask: bool = True
     # Stage 1: hinge on stage1_scale * alignment (TERAN: 1).
     stage1_scale: float = 1.0
     # Stage 2: CMC on the globals + alignment_weight * hinge on stage2_scale * alignment (TGDT: 1, 10).

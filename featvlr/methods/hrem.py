@@ -65,6 +65,7 @@ from featvlr.losses.hinge import HingeLoss
 from featvlr.losses.relevance_kl import RelevanceKLLoss
 from featvlr.losses.triplet import DistanceWeightedTripletLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import VSEEncoders, VSEModelOptions
 from featvlr.modules.fragment import FragmentPool
@@ -106,11 +107,10 @@ class HREMModelOptions:
 
 
 @dataclass
-class HREMLossOptions:
+class HREMLossOptions(HingeOptions):
     # Loss of the initial embeddings and of the relation-enhanced ones: "triplet" or "hinge".
     base: str = "triplet"
     graph: str = "triplet"
-    margin: float = 0.2
     # Distance-weighted sampling: negatives at distance >= cutoff are never drawn (1.7 F30K, 1.9 COCO).
     cutoff: float = 1.7
     # The n of the sphere distance density (the reference keeps 512) and the distance clamp.
@@ -127,10 +127,8 @@ class HREMLossOptions:
     cross_terms: bool = True
     reg_weight: float = 10.0
     kl_temperature: float = 1.0
-    # Hinge only: epochs summing over negatives before the hardest negative, and the id mask.
+    # Hinge only: epochs summing over negatives before the hardest negative.
     hinge_warmup_epochs: int = 1
-    max_violation: bool = True
-    id_mask: bool = True
 
 
 def _pad_length(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
 from featvlr.losses.mlcl import MultiLevelContrastiveLoss
 from featvlr.methods.base import FeatureDims, StepState
-from featvlr.methods.combiner import ComposedMethod
+from featvlr.methods.combiner import ComposedMethod, ComposedModelOptions
 from featvlr.methods.registry import register_method
 from featvlr.modules.combiner import INFERENCE_WEIGHTINGS, CombinerLevels, MultiLevelCombiner
 
@@ -61,15 +61,7 @@ AUG_SOURCES = ("auto", "cache", "feature")
 
 
 @dataclass
-class MLCLModelOptions:
-    # Combiner widths; 0 picks the reference ratios to the image feature size d (4 d and 8 d).
-    projection_dim: int = 0
-    hidden_dim: int = 0
-    dropout: float = 0.5
-    # Text -> image-space map: "auto" (identity when the sizes agree, else linear), "linear", "none".
-    text_adapter: str = "auto"
-    # L2-normalise the frozen reference/text features before the Combiner (reference code: off).
-    normalize_inputs: bool = False
+class MLCLModelOptions(ComposedModelOptions):
     # Branch weight w = 2 sigmoid(b), b initialised to log(branch_init) (0.5: w = 2/3).
     branch_init: float = 0.5
     # Learning rate of b (the reference code's second Adam group: 1e-3).

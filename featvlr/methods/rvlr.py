@@ -66,6 +66,7 @@ from featvlr.errors import ConfigError
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation
 from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
                                  cross_modal_loss)
@@ -161,7 +162,7 @@ def train_base(config: Any, teacher_dir: Path) -> None:
 
 
 @register_method("rvlr")
-class RVLR(Method):
+class RVLR(TowerEncoders, Method):
     """RVLR on frozen features (see the module docstring).
 
     Input: the cross-modal training batch (``regions``, ``tokens``, ``pooled_text``,
@@ -241,13 +242,6 @@ class RVLR(Method):
                               "model.init_from_teacher=false")
         self.load_state_dict({k: state[k] for k in wanted if k in state and state[k].shape == own[k].shape},
                              strict=False)
-
-    # -- evaluation ----------------------------------------------------------------------
-    def encode_images(self, batch):
-        return self.encoders.encode_images(batch)
-
-    def encode_texts(self, batch):
-        return self.encoders.encode_texts(batch)
 
     # -- training ------------------------------------------------------------------------
     def teacher_rows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

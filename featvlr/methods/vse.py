@@ -21,6 +21,8 @@ from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError, FeatvlrError
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.encoders import TowerEncoders
+from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean
 
@@ -37,15 +39,11 @@ class VSEModelOptions:
 
 
 @dataclass
-class VSELossOptions:
+class VSELossOptions(HingeOptions):
     # "hinge" (VSE++) or "infonce" (soft image-id targets, learnable clamped temperature).
     kind: str = "hinge"
-    margin: float = 0.2
     # Hinge: sum over negatives for this many epochs, then the hardest negative.
     warmup_epochs: int = 1
-    max_violation: bool = True
-    # Captions of the same image are not negatives (off reproduces VSE++).
-    id_mask: bool = True
     temperature: float = 0.07
     learnable_temperature: bool = True
 
@@ -118,7 +116,7 @@ def cross_modal_loss(criterion: nn.Module, opts: VSELossOptions, v: torch.Tensor
 
 
 @register_method("vse")
-class VSE(Method):
+class VSE(TowerEncoders, Method):
     """VSE++ / VSE-infinity dual encoder (see the module docstring)."""
 
     ModelOptions = VSEModelOptions
@@ -128,12 +126,6 @@ class VSE(Method):
         super().__init__(model, loss, dims)
         self.encoders = VSEEncoders(model, dims)
         self.criterion = build_cross_modal_loss(loss)
-
-    def encode_images(self, batch):
-        return self.encoders.encode_images(batch)
-
-    def encode_texts(self, batch):
-        return self.encoders.encode_texts(batch)
 
     def training_step(self, batch, state: StepState):
         v = gather_with_grad(self.encode_images(batch))
