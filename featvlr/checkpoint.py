@@ -6,7 +6,6 @@ a checkpoint from elsewhere runs no code.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 
 from featvlr import __version__
 from featvlr.errors import InputError
+from featvlr.fileio import atomic_path
 
 CHECKPOINT_FORMAT = "featvlr-checkpoint-v1"
 
@@ -50,17 +50,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``payload`` to ``path`` atomically (:func:`featvlr.fileio.atomic_path`)."""
     payload = {"format": CHECKPOINT_FORMAT, "featvlr_version": __version__, **payload}
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from featvlr.errors import InputError
+from featvlr.records import flatten_numbers
 from featvlr.runlog import read_log
 
 LOWER_IS_BETTER = ("medr", "meanr")
@@ -41,17 +42,6 @@ class RunRecord:
     @property
     def seed(self) -> int:
         return int(self.config.get("train", {}).get("seed", 0))
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v) if isinstance(v, list) else v
-    return out
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
@@ -85,7 +75,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
 
 def variants_of(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """Group runs by their config minus the seed; name each group by the keys that differ."""
-    flat = [_flatten(r.config) for r in runs]
+    flat = [flatten_numbers(r.config) for r in runs]
     keys = sorted({k for f in flat for k in f})
     varying = [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
     groups: dict[str, list[RunRecord]] = {}

@@ -33,7 +33,9 @@ import h5py
 import numpy as np
 import torch
 
+from featvlr.device import pick_device
 from featvlr.errors import ConfigError, InputError
+from featvlr.fileio import atomic_path
 from featvlr.modules import masked_mean
 
 TEACHER_FORMAT = "featvlr-teacher-v1"
@@ -100,14 +102,6 @@ def teacher_cache_path(checkpoint: str | os.PathLike, feature_cache: str | os.Pa
     return Path(str(feature_cache) + ".teachers") / f"{run_name}-{ckpt.stem}-{split}-{digest}.h5"
 
 
-def _device(name: str | torch.device) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @torch.no_grad()
 def compute_teacher_features(checkpoint: str | os.PathLike, feature_cache: str | os.PathLike, split: str, *,
                              device: str | torch.device = "auto", batch_size: int = 512
@@ -120,7 +114,7 @@ def compute_teacher_features(checkpoint: str | os.PathLike, feature_cache: str |
     from featvlr.data import iter_image_batches, iter_text_batches
     from featvlr.store import FeatureStore
 
-    dev = _device(device)
+    dev = pick_device(device)
     method, cfg = load_method(checkpoint, dev)
     if method.pairwise or method.task != "cross_modal":
         raise ConfigError(f"model.teacher: the {cfg.method!r} run scores pairs of token sets; a teacher must "
@@ -133,22 +127,15 @@ def compute_teacher_features(checkpoint: str | os.PathLike, feature_cache: str |
 
 
 def write_teacher_cache(path: str | os.PathLike, image: np.ndarray, text: np.ndarray, attrs: dict) -> Path:
-    """Write teacher embeddings (float16) atomically: a temporary file, then ``os.replace``."""
+    """Write teacher embeddings (float16) atomically (:func:`featvlr.fileio.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("image", data=np.asarray(image, dtype=np.float16))
-            h5.create_dataset("text", data=np.asarray(text, dtype=np.float16))
-            h5.attrs["format"] = TEACHER_FORMAT
-            h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            for key, value in attrs.items():
-                h5.attrs[key] = value
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("image", data=np.asarray(image, dtype=np.float16))
+        h5.create_dataset("text", data=np.asarray(text, dtype=np.float16))
+        h5.attrs["format"] = TEACHER_FORMAT
+        h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for key, value in attrs.items():
+            h5.attrs[key] = value
     return path
 
 
