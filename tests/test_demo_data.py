@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featvlr import demo
+import featvlr.demo.dataset as demo_dataset
 from featvlr.demo import (
     CATEGORIES,
     CIRR_SPLITS,
@@ -19,6 +19,7 @@ from featvlr.demo import (
     load_demo_meta,
     make_demo_dataset,
 )
+from featvlr.demo.vocabulary import CAT_NOUNS
 from featvlr.errors import ConfigError, InputError
 
 SMALL = {"n_train": 240, "n_dev": 20, "n_test": 60, "n_regions": 10, "region_dim": 64,
@@ -104,7 +105,7 @@ def test_precomp_layout(small):
 def test_five_captions_of_one_image_differ_and_mention_its_objects(small):
     caps = (small / "train_caps.txt").read_text().splitlines()
     scenes = json.loads((small / "truth" / "train_scenes.json").read_text())
-    nouns = {c: set(demo._CAT_NOUNS[c]) for c in CATEGORIES}
+    nouns = {c: set(CAT_NOUNS[c]) for c in CATEGORIES}
     for i, s in enumerate(scenes[:100]):
         mine = caps[5 * i: 5 * i + 5]
         assert len(set(mine)) >= 4
@@ -312,7 +313,7 @@ def test_failure_leaves_no_folder(tmp_path, monkeypatch):
         (root / "train_ims.npy").write_bytes(b"half")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(demo, "_generate", boom)
+    monkeypatch.setattr(demo_dataset, "generate", boom)
     with pytest.raises(RuntimeError):
         make_demo_dataset(tmp_path / "d", **TINY)
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
