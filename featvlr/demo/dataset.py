@@ -62,7 +62,6 @@ def _check_params(p: dict) -> None:
         raise ConfigError(f"demo: cirr_pairs_per_set must map {list(CIRR_SPLITS)} to integers in 1..10, got {pps!r}")
 
 
-
 def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = DEMO_DEFAULTS["seed"],
                       n_train: int = DEMO_DEFAULTS["n_train"], n_dev: int = DEMO_DEFAULTS["n_dev"],
                       n_test: int = DEMO_DEFAULTS["n_test"], n_regions: int = DEMO_DEFAULTS["n_regions"],

@@ -1,0 +1,181 @@
+"""The import graph of the featvlr package has no cycle, and no module is over 450 lines.
+
+Every module is parsed with ``ast``; every import counts, those inside functions included
+(a function-level import only hides a cycle, it does not remove it). An edge goes from a
+module to the module it names: ``import featvlr.a.b`` and ``from featvlr.a import b`` (b a
+module) to ``featvlr.a.b``, ``from featvlr.a import name`` to ``featvlr.a``; relative
+imports are resolved, and a package's ``__init__`` is the node named after the package.
+
+Two allow-lists hold what is still being restructured. Each can only shrink: an entry that
+is no longer needed fails the test until it is removed.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import featvlr
+
+PACKAGE_DIR = Path(featvlr.__file__).resolve().parent
+ROOT = PACKAGE_DIR.parent
+MAX_LINES = 450
+
+# Import edges (importer, imported) that close a cycle today; the test leaves them out.
+# Remove an edge here once the import is gone: the test fails while a listed edge no longer
+# exists, so the list only shrinks.
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
+    # data_composed <-> scenarios: composed evaluation lives in both.
+    ("featvlr.data_composed", "featvlr.scenarios"),
+    # train <-> demo_run: the trainer builds the demo cache for demo configs.
+    ("featvlr.train", "featvlr.demo_run"),
+    # Methods call the trainer from prepare() (RVLR's teacher, GLS's stage 1). The cycle
+    # closes at run time: the trainer looks methods up in the registry, which imports every
+    # module of featvlr.methods (importlib, so no edge of this graph).
+    ("featvlr.methods.gls", "featvlr.train"),
+    ("featvlr.methods.rvlr", "featvlr.train"),
+    # tasks/__init__ imports its task modules, which import register_task back from it.
+    ("featvlr.tasks.composed", "featvlr.tasks"),
+    ("featvlr.tasks.cross_modal", "featvlr.tasks"),
+}
+
+# Modules over MAX_LINES lines that are being split. Remove a file here once it is short
+# enough; the test fails while a listed file is within the limit (or gone).
+KNOWN_LONG_MODULES: set[str] = {
+    "featvlr/evaluate.py",
+    "featvlr/scenarios.py",
+    "featvlr/store.py",
+}
+
+
+def module_files() -> dict[str, Path]:
+    """Module name -> file, for every ``.py`` file of the package."""
+    out = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _target(name: str, modules: dict[str, Path]) -> str | None:
+    """The module ``name`` stands for: itself, or the closest enclosing module."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_edges(modules: dict[str, Path]) -> dict[tuple[str, str], list[str]]:
+    """``(importer, imported) -> ["file:line", ...]`` over every import of every module."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".")
+                    drop = node.level - 1 if is_package else node.level
+                    base = base[:len(base) - drop] if drop else base
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
+                           for alias in node.names]
+            for target in targets:
+                if not (target == "featvlr" or target.startswith("featvlr.")):
+                    continue
+                resolved = _target(target, modules)
+                if resolved and resolved != name:
+                    where = f"{path.relative_to(ROOT).as_posix()}:{node.lineno}"
+                    places = edges.setdefault((name, resolved), [])
+                    if where not in places:
+                        places.append(where)
+    return edges
+
+
+def strongly_connected(nodes: list[str], edges: set[tuple[str, str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components with more than one module, each sorted."""
+    succ: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in sorted(edges):
+        succ[a].append(b)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in succ[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for n in nodes:
+        if n not in index:
+            visit(n)
+    return sorted(out)
+
+
+def _describe(components: list[list[str]], edges: dict[tuple[str, str], list[str]]) -> str:
+    lines = []
+    for comp in components:
+        lines.append("cycle among " + ", ".join(comp) + ":")
+        members = set(comp)
+        for (a, b), where in sorted(edges.items()):
+            if a in members and b in members:
+                lines.append(f"    {a} -> {b}  ({', '.join(where)})")
+    return "\n".join(lines)
+
+
+def test_no_import_cycle():
+    modules = module_files()
+    edges = import_edges(modules)
+    checked = {e: w for e, w in edges.items() if e not in KNOWN_CYCLE_EDGES}
+    cycles = strongly_connected(list(modules), set(checked))
+    assert not cycles, "import cycles in featvlr:\n" + _describe(cycles, checked)
+
+
+def test_known_cycle_edges_still_exist():
+    edges = import_edges(module_files())
+    stale = sorted(e for e in KNOWN_CYCLE_EDGES if e not in edges)
+    assert not stale, f"remove from KNOWN_CYCLE_EDGES (no longer imported): {stale}"
+
+
+def test_import_graph_reads_every_form():
+    """The edge rules on the package itself: absolute, from-module, relative, function level."""
+    modules = module_files()
+    edges = import_edges(modules)
+    assert "featvlr.methods" in modules and "featvlr" in modules
+    assert ("featvlr.methods", "featvlr.methods.registry") in edges      # package __init__ is a node
+    assert ("featvlr.config", "featvlr.methods.registry") in edges       # function-level import
+    assert ("featvlr.methods.vse", "featvlr.methods.base") in edges      # from featvlr.x.y import name
+    assert not any(a == b for a, b in edges)
+
+
+def test_no_module_over_450_lines():
+    lengths = {path.relative_to(ROOT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+               for path in module_files().values()}
+    long = sorted(f"{name} ({n} lines)" for name, n in lengths.items()
+                  if n > MAX_LINES and name not in KNOWN_LONG_MODULES)
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+    done = sorted(name for name in KNOWN_LONG_MODULES if lengths.get(name, 0) <= MAX_LINES)
+    assert not done, f"remove from KNOWN_LONG_MODULES (now within {MAX_LINES} lines or gone): {done}"
