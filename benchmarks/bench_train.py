@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from featvlr.config import load_config
-from featvlr.data import CaptionBatches, batch_loader
+from featvlr.data import CaptionBatches
 from featvlr.methods import StepState, get_method
 from featvlr.store import CacheWriter, FeatureStore
 from featvlr.train import feature_dims, train
@@ -62,7 +62,7 @@ def main() -> None:
         batches = CaptionBatches(split, batch_size=args.batch, seed=0, region_dropout=0.2,
                                  max_batches=args.steps)
         t = time.perf_counter()
-        prebuilt = [b for b in batch_loader(batches)]
+        prebuilt = [batches[b] for b in range(len(batches))]
         load_rate = args.steps * args.batch / (time.perf_counter() - t)
 
         # 2. the bare step over pre-built batches

@@ -40,10 +40,14 @@ class DataConfig:
     build_demo: bool = False
     # VSE-infinity region dropout probability during training (0 disables it).
     region_dropout: float = 0.2
-    # Read the split into RAM: "auto" (when it fits in `in_memory_max_gb`), "yes" or "no".
+    # Keep the training split on the GPU: "auto" (when it takes at most half its free
+    # memory), "yes" or "no". Batches are then gathered there, with no host work per step.
+    on_device: str = "auto"
+    # Otherwise read it into RAM: "auto" (when it takes at most half the available memory),
+    # "yes" or "no" (rows are read from a memory map of the cache, at page-cache speed).
     in_memory: str = "auto"
-    in_memory_max_gb: float = 4.0
-    num_workers: int = 0
+    # Batches built ahead of the step in a background thread (0: built in the loop).
+    prefetch: int = 2
     # Truncate token sequences to this many tokens (0 keeps all).
     max_tokens: int = 0
 

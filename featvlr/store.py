@@ -106,8 +106,9 @@ class CacheWriter:
         """Set a root attribute (dicts and lists are stored as JSON)."""
         self.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
 
-    def create(self, name: str, shape: tuple[int, ...], dtype, *, chunked: bool = True) -> h5py.Dataset:
-        """Create an empty dataset chunked by rows; fill it by slices."""
+    def create(self, name: str, shape: tuple[int, ...], dtype, *, chunked: bool = False) -> h5py.Dataset:
+        """Create an empty dataset; fill it by slices. Uncompressed and contiguous by default,
+        so that training reads random rows through a memory map (:mod:`featvlr.data.rows`)."""
         assert self.h5 is not None, "use CacheWriter as a context manager"
         dtype = np.dtype(dtype) if dtype is not STR_DTYPE else dtype
         chunks = None
@@ -115,13 +116,15 @@ class CacheWriter:
             chunks = row_chunks(tuple(shape), np.dtype(dtype).itemsize)
         return self.h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
 
-    def write(self, name: str, data) -> h5py.Dataset:
-        """Write a whole array (or a list of strings) at once."""
+    def write(self, name: str, data, *, chunked: bool = False) -> h5py.Dataset:
+        """Write a whole array (or a list of strings) at once (contiguous unless ``chunked``)."""
         assert self.h5 is not None, "use CacheWriter as a context manager"
         if isinstance(data, (list, tuple)) and (len(data) == 0 or isinstance(data[0], str)):
             return self.h5.create_dataset(name, data=np.array(data, dtype=object), dtype=STR_DTYPE)
         arr = np.asarray(data)
-        chunks = row_chunks(arr.shape, arr.dtype.itemsize) if arr.ndim >= 1 and arr.shape[0] > 0 else None
+        chunks = None
+        if chunked and arr.ndim >= 1 and arr.shape[0] > 0:
+            chunks = row_chunks(arr.shape, arr.dtype.itemsize)
         return self.h5.create_dataset(name, data=arr, chunks=chunks)
 
 

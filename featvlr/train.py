@@ -112,18 +112,15 @@ def _select_split(cfg: Config) -> str:
     return split
 
 
-def _in_memory(cfg: Config, split: StoreSplit) -> bool:
-    mode = cfg.data.in_memory
-    if mode not in ("auto", "yes", "no"):
-        raise ConfigError(f"data.in_memory: expected auto, yes or no, got {mode!r}")
-    if mode != "auto":
-        return mode == "yes"
-    size = 0
-    for key in (split.k_regions, split.k_tokens, split.k_pooled, split.k_global):
-        if split.store.has(key):
-            ds = split.store.dataset(key)
-            size += ds.size * ds.dtype.itemsize
-    return size <= cfg.data.in_memory_max_gb * (1 << 30)
+def _placement(cfg: Config, split: StoreSplit, device: torch.device) -> str:
+    """Where the training rows live (:func:`featvlr.data.rows.choose_placement`)."""
+    from featvlr.data.rows import choose_placement, dataset_bytes
+
+    for key, value in (("data.in_memory", cfg.data.in_memory), ("data.on_device", cfg.data.on_device)):
+        if value not in ("auto", "yes", "no"):
+            raise ConfigError(f"{key}: expected auto, yes or no, got {value!r}")
+    size = dataset_bytes(split, [split.k_regions, split.k_tokens, split.k_pooled, split.k_global])
+    return choose_placement(size, device, in_memory=cfg.data.in_memory, on_device=cfg.data.on_device)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -167,11 +164,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     train_split = store.split(cfg.data.train_split)
     task = get_task(method_cls.task)
     task.check_splits(store, cfg, select_split)
-    if _in_memory(cfg, train_split):
-        train_split.load_in_memory()
+    placement = _placement(cfg, train_split, device)
     dims = feature_dims(train_split)
     method = method_cls(cfg.model, cfg.loss, dims).to(device)
-    batches = task.build_batches(cfg, train_split, rank=rank, world=world)
+    batches = task.build_batches(cfg, train_split, rank=rank, world=world, placement=placement, device=device)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * cfg.train.epochs
 
@@ -214,6 +210,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     logger = RunLogger(run_dir, enabled=is_main, tensorboard=tr.tensorboard)
     if is_main and not resume:
         logger.log({"event": "start", "method": cfg.method, "device": str(device), "world_size": world,
+                    "data_placement": placement, "prefetch": cfg.data.prefetch,
                     "steps_per_epoch": steps_per_epoch, "parameters": sum(p.numel() for p in method.parameters())})
 
     def checkpoint_payload(epoch_done: int) -> dict[str, Any]:
@@ -225,19 +222,18 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             "best_metrics": best_metrics, "rng": rng_state(),
         }
 
-    from featvlr.data import batch_loader, move_to
+    from featvlr.data import BatchStream
 
+    stream = BatchStream(batches, device, prefetch=cfg.data.prefetch)
     select_key = tr.select_metric
     for epoch in range(start_epoch, tr.epochs):
         method.train()
         seed_everything(epoch_seed(tr.seed, rank, epoch))
         batches.set_epoch(epoch)
-        loader = batch_loader(batches, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         bar = logger.progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tr.epochs}",
                               enabled=is_main and tr.progress)
         t0, items, sums = time.perf_counter(), 0, {}
-        for b, batch in enumerate(loader):
-            batch = move_to(batch, device)
+        for b, batch in enumerate(stream):
             state = StepState(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, world_size=world)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = model(batch, state)
@@ -277,6 +273,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
         bar.close()
         epoch_time = time.perf_counter() - t0
         record = {"event": "epoch", "epoch": epoch + 1, "step": step, "time_s": epoch_time,
+                  "data_wait_s": stream.wait_s, "step_s": epoch_time - stream.wait_s,
                   "items_per_s": items / max(1e-9, epoch_time),
                   **{f"train_{k}": v / max(1, steps_per_epoch) for k, v in sums.items()}}
         if is_main:
@@ -296,7 +293,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             logger.log(record)
             logger.echo(f"epoch {epoch + 1}: loss {record.get('train_loss', float('nan')):.4f}"
                         + (f", {select_split} {select_key} {metrics[select_key]:.2f}" if metrics else "")
-                        + f" ({record['items_per_s']:.0f} items/s)")
+                        + f" ({record['items_per_s']:.0f} items/s, waited {stream.wait_s:.1f} s"
+                        f" of {epoch_time:.1f} s for data)")
         dist_utils.barrier()
 
     result = TrainResult(run_dir=run_dir, best_metrics=best_metrics, best_epoch=best_epoch,

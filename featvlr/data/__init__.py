@@ -1,15 +1,15 @@
-"""Batches over a store split: one training item per caption, collated a whole batch at a time.
+"""Batches over a store split.
 
-Training batches are built by :class:`CaptionBatches`, a map-style dataset *of batches*: item
-``b`` of epoch ``e`` is the ``b``-th slice of a permutation seeded by ``(seed, e)``, and its
-random region dropout is seeded by ``(seed, e, b)``. So the same seed gives the same batches
-whatever the number of DataLoader workers, a resumed run sees the batches an uninterrupted
-run would, and under DDP rank ``r`` takes the ``r``-th contiguous share of every global
-batch (gathering the ranks' embeddings in rank order rebuilds the global batch exactly).
+Training: :class:`~featvlr.data.captions.CaptionBatches` (cross-modal) and
+:class:`~featvlr.data.composed.ComposedBatches` are map-style datasets *of batches* seeded by
+``(seed, epoch)`` (:mod:`featvlr.data.seeded`): the same seed gives the same batches, a
+resumed run sees the batches an uninterrupted run would, and under DDP rank ``r`` takes the
+``r``-th contiguous share of every global batch. Rows are read at memory speed from the GPU,
+RAM or a memory map of the cache (:mod:`featvlr.data.rows`) into reused buffers, ahead of
+the step (:mod:`featvlr.data.stream`).
 
-Reading is vectorised: regions of a batch come in one HDF5 (or in-memory) read, ragged token
-features are padded with one scatter. The key names are documented in
-:mod:`featvlr.methods.base`.
+Evaluation: :func:`iter_image_batches` and :func:`iter_text_batches` give image-only and
+text-only batches in row order. The key names are documented in :mod:`featvlr.methods.base`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from featvlr.store import StoreSplit
 
@@ -80,96 +79,6 @@ def move_to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-class SeededBatches(Dataset):
-    """Epochs of global batches over ``items``: a permutation seeded by ``(seed, epoch)``,
-    cut into batches of ``batch_size`` (the last incomplete one dropped), each shared by
-    contiguous slices among ``world_size`` ranks. Subclasses build a batch in ``__getitem__``."""
-
-    def _init_batches(self, items: np.ndarray, *, batch_size: int, seed: int, rank: int, world_size: int,
-                      max_batches: int, what: str) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} ranks")
-        n_batches = len(items) // batch_size
-        if n_batches == 0:
-            raise ValueError(f"{what}: {len(items)} items, fewer than one batch of {batch_size}")
-        self.items = items
-        self.batch_size, self.seed = batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.n_batches = min(n_batches, max_batches) if max_batches else n_batches
-        self.epoch = 0
-        self._perm: np.ndarray | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._perm = None
-
-    def __len__(self) -> int:
-        return self.n_batches
-
-    def permutation(self) -> np.ndarray:
-        if self._perm is None:
-            self._perm = self.items[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.items))]
-        return self._perm
-
-    def batch_rows(self, b: int) -> np.ndarray:
-        """The items of global batch ``b`` that this rank handles."""
-        rows = self.permutation()[b * self.batch_size:(b + 1) * self.batch_size]
-        share = self.batch_size // self.world_size
-        return rows[self.rank * share:(self.rank + 1) * share]
-
-
-class CaptionBatches(SeededBatches):
-    """Epoch of training batches over the captions of a split (one item = one batch).
-
-    Args:
-        split: the training split.
-        batch_size: the global batch size (all ranks together).
-        seed: base seed of the permutation and of region dropout.
-        region_dropout: VSE-infinity region dropout probability.
-        max_tokens: truncate captions to this many tokens (0 keeps all).
-        rank, world_size: this process's share of every global batch under DDP.
-        max_batches: cap on batches per epoch (0: all).
-    """
-
-    def __init__(self, split: StoreSplit, *, batch_size: int, seed: int = 0, region_dropout: float = 0.0,
-                 max_tokens: int = 0, rank: int = 0, world_size: int = 1, max_batches: int = 0):
-        self.split = split
-        self.region_dropout = region_dropout
-        self.max_tokens = max_tokens
-        self.image_index = split.image_index()
-        self.has_global = split.has(f"images/{split.name}/global")
-        self._init_batches(np.arange(len(self.image_index)), batch_size=batch_size, seed=seed, rank=rank,
-                           world_size=world_size, max_batches=max_batches, what=f"captions of split {split.name!r}")
-
-    def caption_rows(self, b: int) -> np.ndarray:
-        """The captions of global batch ``b`` that this rank handles."""
-        return self.batch_rows(b)
-
-    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
-        captions = self.caption_rows(b)
-        images = self.image_index[captions]
-        uniform = None
-        if self.region_dropout > 0:
-            # Draws for the whole global batch, sliced: the same regions drop whatever the ranks.
-            share = self.batch_size // self.world_size
-            draws = np.random.default_rng([self.seed, self.epoch, b]).random((self.batch_size, self.split.n_regions))
-            uniform = draws[self.rank * share:(self.rank + 1) * share]
-        batch = region_batch(self.split, images, dropout=self.region_dropout, uniform=uniform)
-        batch.update(text_batch(self.split, captions, max_tokens=self.max_tokens))
-        if self.has_global:
-            batch["global_image"] = self.split.global_features(images).astype(np.float32, copy=False)
-        batch["image_ids"] = images
-        batch["text_ids"] = captions
-        return to_tensors(batch)
-
-
-def batch_loader(batches: Dataset, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """DataLoader over a dataset of whole batches (no re-collation, ordered)."""
-    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=False,
-                      prefetch_factor=4 if num_workers else None)
-
-
 def iter_image_batches(split: StoreSplit, batch_size: int = 256, device: torch.device | str = "cpu"
                        ) -> Iterator[dict[str, torch.Tensor]]:
     """Image-only batches of a split in row order (for ``encode_images``)."""
@@ -195,3 +104,11 @@ def iter_text_batches(split: StoreSplit, batch_size: int = 256, device: torch.de
         batch["text_ids"] = rows
         batch["image_ids"] = image_index[rows]
         yield move_to(to_tensors(batch), device)
+
+
+from featvlr.data.seeded import SeededBatches  # noqa: E402  (re-exported)
+from featvlr.data.captions import CaptionBatches  # noqa: E402
+from featvlr.data.stream import BatchStream  # noqa: E402
+
+__all__ = ["BatchStream", "CaptionBatches", "SeededBatches", "iter_image_batches", "iter_text_batches", "move_to",
+           "pad_tokens", "region_batch", "text_batch", "to_tensors"]

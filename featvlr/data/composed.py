@@ -24,7 +24,7 @@ query_ids         long          query row in the split
 ================  ============  ==========================================================
 
 :class:`ComposedBatches` is a map-style dataset *of batches* with the interface of
-:class:`featvlr.data.CaptionBatches`: item ``b`` of epoch ``e`` is the ``b``-th slice of a
+:class:`featvlr.data.captions.CaptionBatches`: item ``b`` of epoch ``e`` is the ``b``-th slice of a
 permutation of the training queries seeded by ``(seed, e)``; the augmented view of each
 reference and the text variant of each query are drawn from a generator seeded by
 ``(seed, e, b, rank)``, so batches do not depend on the number of DataLoader workers and a
@@ -147,9 +147,17 @@ class ComposedBatches(SeededBatches):
         views = _take(self.split.store.dataset(self.aug_key), refs)
         return views[np.arange(len(refs)), k]
 
-    def __getitem__(self, b: int) -> dict[str, torch.Tensor]:
+    def plan(self, b: int) -> int:
         if not 0 <= b < self.n_batches:
             raise IndexError(b)
+        return b
+
+    def finalize(self, host: dict[str, Any], device: torch.device | str | None = None, pool: Any = None
+                 ) -> dict[str, torch.Tensor]:
+        return move_to(host, device) if device is not None else host
+
+    def gather(self, b: int, pool: Any = None) -> dict[str, torch.Tensor]:
+        """Batch ``b`` in float32 on the host (global features are small: read in RAM)."""
         rows = self.query_rows(b)
         rng = np.random.default_rng([self.seed, self.epoch, b, 1 + self.rank])
         q = self.queries

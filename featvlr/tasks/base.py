@@ -13,8 +13,10 @@ class Task:
     name: ClassVar[str] = ""
 
     # -- training data ---------------------------------------------------------------------
-    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int) -> Any:
-        """The epoch-seeded dataset of training batches (see :class:`featvlr.data.SeededBatches`)."""
+    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int, placement: str | None = None,
+                      device: Any = "cpu") -> Any:
+        """The epoch-seeded dataset of training batches (:class:`featvlr.data.SeededBatches`);
+        ``placement`` and ``device`` say where its rows live (:mod:`featvlr.data.rows`)."""
         raise NotImplementedError
 
     # -- splits ------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from featvlr.tasks.base import Task
 class ComposedTask(Task):
     name = "composed"
 
-    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int) -> Any:
+    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int, placement: str | None = None,
+                      device: Any = "cpu") -> Any:
         from featvlr.data.composed import ComposedBatches
 
         try:

@@ -13,13 +13,15 @@ from featvlr.tasks.base import Task
 class CrossModalTask(Task):
     name = "cross_modal"
 
-    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int) -> Any:
+    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int, placement: str | None = None,
+                      device: Any = "cpu") -> Any:
         from featvlr.data import CaptionBatches
 
         try:
             return CaptionBatches(split, batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
                                   world_size=world, max_batches=cfg.train.max_steps_per_epoch,
-                                  region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens)
+                                  region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens,
+                                  placement=placement, device=device)
         except ValueError as exc:
             raise InputError(split.store.path, str(exc)) from None
 
