@@ -35,3 +35,22 @@ def write_synthetic_cache(path: Path, *, n_images=(64, 16, 16), regions: int = 6
             rel[np.arange(5 * n), np.repeat(np.arange(n), 5)] = 1.0
             w.write(f"relevance/{split}/rougeL", rel)
     return path
+
+
+def write_tiny_cache(path: Path, *, n_img: int = 6, per: int = 5, d: int = 4,
+                     rng: np.random.Generator | int = 0) -> Path:
+    """A tiny random cache with one split, ``test`` (no learnable structure): ``n_img`` images of
+    3 regions of size ``d``, ``per`` captions each of 1 to 3 tokens, pooled vectors and a
+    random ``rougeL`` relevance matrix. ``rng`` is a seed or a generator that goes on being used."""
+    rng = np.random.default_rng(rng)
+    n_txt = n_img * per
+    lengths = rng.integers(1, 4, size=n_txt)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    with CacheWriter(path) as w:
+        w.write("images/test/regions", rng.normal(size=(n_img, 3, d)).astype(np.float32))
+        w.write("texts/test/tokens", rng.normal(size=(int(offsets[-1]), d)).astype(np.float32))
+        w.write("texts/test/offsets", offsets)
+        w.write("texts/test/pooled", rng.normal(size=(n_txt, d)).astype(np.float32))
+        w.write("texts/test/image_index", np.arange(n_txt, dtype=np.int64) // per)
+        w.write("relevance/test/rougeL", rng.random((n_txt, n_img)).astype(np.float32))
+    return Path(path)

@@ -3,36 +3,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from featvlr.metrics import cross_modal_recall
 from featvlr.store import CacheWriter
 
+from synthetic import write_tiny_cache
+
 N_IMG, PER, D = 10, 5, 4
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """A fresh interpreter: ``python -m featvlr.cli eval ...``."""
-    return subprocess.run([sys.executable, "-m", "featvlr.cli", "eval", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    """The same CLI entry point in this process (``featvlr.cli.main``): exit code, stdout, stderr."""
-    from featvlr.cli import main
-
-    code = 0
-    try:
-        main(["eval", *map(str, args)])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +21,9 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalcli")
     rng = np.random.default_rng(0)
     n_txt = N_IMG * PER
-    lengths = rng.integers(1, 4, size=n_txt)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    rel = rng.random((n_txt, N_IMG)).astype(np.float32)
-    cache = root / "tiny.h5"
-    with CacheWriter(cache) as w:
-        w.write("images/test/regions", rng.normal(size=(N_IMG, 3, D)).astype(np.float32))
-        w.write("texts/test/tokens", rng.normal(size=(int(offsets[-1]), D)).astype(np.float32))
-        w.write("texts/test/offsets", offsets)
-        w.write("texts/test/pooled", rng.normal(size=(n_txt, D)).astype(np.float32))
-        w.write("texts/test/image_index", np.arange(n_txt, dtype=np.int64) // PER)
-        w.write("relevance/test/rougeL", rel)
+    cache = write_tiny_cache(root / "tiny.h5", n_img=N_IMG, per=PER, d=D, rng=rng)
+    with h5py.File(cache, "r") as f:
+        rel = f["relevance/test/rougeL"][()]
     img = rng.normal(size=(N_IMG, 8)).astype(np.float32)
     txt = (np.repeat(img, PER, axis=0) + rng.normal(size=(n_txt, 8))).astype(np.float32)
     np.savez(root / "emb.npz", images=img, texts=txt)
@@ -60,11 +33,11 @@ def files(tmp_path_factory):
     return {"root": root, "cache": cache, "img": img, "txt": txt, "rel": rel}
 
 
-def test_embeddings_with_cache(files, capsys):
+def test_embeddings_with_cache(files, cli):
     root = files["root"]
     out = root / "out" / "emb.json"
-    code, stdout, err = run_main(capsys, "--embeddings", root / "emb.npz", "--cache", files["cache"], "--split",
-                                 "test", "--json", out, "--folds", "1,5", "--t2t-without-siblings")
+    code, stdout, err = cli("eval", "--embeddings", root / "emb.npz", "--cache", files["cache"], "--split",
+                            "test", "--json", out, "--folds", "1,5", "--t2t-without-siblings")
     assert code == 0, err
     rec = json.loads(out.read_text())
     m = rec["metrics"]
@@ -80,30 +53,30 @@ def test_embeddings_with_cache(files, capsys):
     assert "i2t" in stdout and "rsum" in stdout
 
 
-def test_sims_subprocess(files):
+def test_sims_subprocess(files, cli_process):
     """A fresh interpreter (as is test_bad_input_subprocess); the other CLI tests call the same
     entry point, ``featvlr.cli.main``, in-process."""
     root = files["root"]
-    p = run_cli("--sims", root / "sims.npy", "--json", root / "s.json", "--no-plots", cwd=root)
+    p = cli_process("eval", "--sims", root / "sims.npy", "--json", root / "s.json", "--no-plots", cwd=root)
     assert p.returncode == 0, p.stderr
     m = json.loads((root / "s.json").read_text())["metrics"]
     assert m["t2i/R@5"] == pytest.approx(cross_modal_recall(files["img"] @ files["txt"].T)["t2i_R@5"])
     assert "t2i" in p.stdout
 
 
-def test_bad_input_subprocess(files):
+def test_bad_input_subprocess(files, cli_process):
     root = files["root"]
-    p = run_cli("--sims", root / "sims.npy", "--scenarios", "t2t", cwd=root)
+    p = cli_process("eval", "--sims", root / "sims.npy", "--scenarios", "t2t", cwd=root)
     assert p.returncode == 2
     assert p.stderr.startswith("featvlr: error:") and "needs embeddings" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_sims_with_relevance_file_and_raw_memmap(files, capsys):
+def test_sims_with_relevance_file_and_raw_memmap(files, cli):
     root = files["root"]
-    a = run_main(capsys, "--sims", root / "sims.npy", "--relevance", root / "rel.npy", "--json", root / "a.json",
-                 "--no-plots")
-    b = run_main(capsys, "--sims", root / "sims.npy", "--relevance", root / "rel_raw.npy", "--json",
-                 root / "b.json", "--no-plots", "--scenarios", "i2t,t2i")
+    a = cli("eval", "--sims", root / "sims.npy", "--relevance", root / "rel.npy", "--json", root / "a.json",
+            "--no-plots")
+    b = cli("eval", "--sims", root / "sims.npy", "--relevance", root / "rel_raw.npy", "--json",
+            root / "b.json", "--no-plots", "--scenarios", "i2t,t2i")
     assert a[0] == 0 and b[0] == 0, a[2] + b[2]
     ma, mb = json.loads((root / "a.json").read_text())["metrics"], json.loads((root / "b.json").read_text())["metrics"]
     assert ma == mb and "t2i/ndcg_exp@25" in ma
@@ -113,7 +86,7 @@ def test_sims_with_relevance_file_and_raw_memmap(files, capsys):
         assert ma["i2t/ndcg_exp@25"] == pytest.approx(emb["i2t/ndcg_exp@25"])
 
 
-def test_checkpoint_run(files, tmp_path, capsys):
+def test_checkpoint_run(files, tmp_path, cli):
     import torch
 
     from featvlr.checkpoint import save_checkpoint
@@ -128,7 +101,7 @@ def test_checkpoint_run(files, tmp_path, capsys):
     run = tmp_path / "run"
     save_checkpoint(run / "ckpt" / "best.pt", {"config": config_to_dict(cfg), "dims": dataclasses.asdict(dims),
                                                "model": method.state_dict()})
-    code, _, err = run_main(capsys, run, "--split", "test", "--scenarios", "i2t,t2i,i2i")
+    code, _, err = cli("eval", run, "--split", "test", "--scenarios", "i2t,t2i,i2i")
     assert code == 0, err
     rec = json.loads((run / "eval" / "test.json").read_text())
     assert rec["seed"] == 3 and rec["config"]["method"] == "vse" and rec["input"]["kind"] == "checkpoint"
@@ -145,7 +118,7 @@ def test_checkpoint_run(files, tmp_path, capsys):
     ("sims_uni", "needs embeddings"),
     ("missing", "no such file"),
 ])
-def test_bad_input_exit_2(files, capsys, case, message):
+def test_bad_input_exit_2(files, cli, case, message):
     root = files["root"]
     bad = root / f"bad_{case}"
     bad.mkdir(exist_ok=True)
@@ -166,12 +139,12 @@ def test_bad_input_exit_2(files, capsys, case, message):
         args = ["--sims", root / "sims.npy", "--cache", files["cache"], "--scenarios", "i2i"]
     else:
         args = ["--embeddings", bad / "nothing.npz"]
-    code, out, err = run_main(capsys, *args, "--json", bad / "out.json")
+    code, out, err = cli("eval", *args, "--json", bad / "out.json")
     assert code == 2, (out, err)
     assert message in err and err.startswith("featvlr: error:") and err.count("\n") == 1
 
 
-def test_composed_embeddings_and_cirr_submission(tmp_path, capsys):
+def test_composed_embeddings_and_cirr_submission(tmp_path, cli):
     from featvlr.metrics import composed_recall
 
     rng = np.random.default_rng(1)
@@ -193,15 +166,15 @@ def test_composed_embeddings_and_cirr_submission(tmp_path, capsys):
             w.write(f"composed/{split}/pair_ids", np.arange(q))
     qe, ge = rng.normal(size=(q, 6)).astype(np.float32), rng.normal(size=(n_img, 6)).astype(np.float32)
     np.savez(tmp_path / "comp.npz", queries=qe, gallery=ge)
-    code, _, err = run_main(capsys, "--embeddings", tmp_path / "comp.npz", "--cache", cache, "--split", "val",
-                            "--json", tmp_path / "val.json", "--no-plots")
+    code, _, err = cli("eval", "--embeddings", tmp_path / "comp.npz", "--cache", cache, "--split", "val",
+                       "--json", tmp_path / "val.json", "--no-plots")
     assert code == 0, err
     m = json.loads((tmp_path / "val.json").read_text())["metrics"]
     expect = composed_recall(qe @ ge.T, tgt, reference=ref, subsets=subsets)
     assert m["composed/R@5"] == pytest.approx(expect["R@5"])
     assert m["composed/Rsubset@1"] == pytest.approx(expect["Rsubset@1"])
-    code, _, err = run_main(capsys, "--embeddings", tmp_path / "comp.npz", "--cache", cache, "--split", "test1",
-                            "--json", tmp_path / "sub" / "test1.json", "--no-plots")
+    code, _, err = cli("eval", "--embeddings", tmp_path / "comp.npz", "--cache", cache, "--split", "test1",
+                       "--json", tmp_path / "sub" / "test1.json", "--no-plots")
     assert code == 0, err
     rec = json.loads((tmp_path / "sub" / "test1.json").read_text())
     assert rec["metrics"] == {} and len(rec["submission"]) == 2

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -76,18 +74,6 @@ def make_shoes(base, rng):
              [{"ReferenceImageName": gallery[q], "ImageName": gallery[5 - q], "RelativeCaption": f"taller heel {q}"}
               for q in range(4)])
     return root, names
-
-
-def cli(*args, capsys=None):
-    from featvlr.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
 
 
 # -- CIRR ----------------------------------------------------------------------------------
@@ -369,11 +355,11 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input(tmp_path, case, capsys):
+def test_bad_input(tmp_path, case, cli):
     args, named = _setup_bad(tmp_path, case)
     out = tmp_path / "out" / "c.h5"
     code, _, err = cli("extract", "composed", "--dataset", "cirr", "--root", tmp_path, "--out", out,
-                       "--no-progress", *args, capsys=capsys)
+                       "--no-progress", *args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"featvlr: error: {named}: ") and BAD[case] in lines[0], err
@@ -393,14 +379,14 @@ def test_bad_input_library(tmp_path, text_encoder):
         extract_composed("fashioniq", tmp_path, tmp_path / "c.h5", image_features=args[1])
 
 
-def test_existing_cache_and_fashioniq_bad_captions(tmp_path, text_encoder, capsys):
+def test_existing_cache_and_fashioniq_bad_captions(tmp_path, text_encoder, cli):
     rng = np.random.default_rng(6)
     root, galleries, names, array = make_fashioniq(tmp_path, rng)
     np.savez(tmp_path / "f.npz", names=np.array(names), features=array)
     out = tmp_path / "c.h5"
     out.write_bytes(b"old")
     code, _, err = cli("extract", "composed", "--dataset", "fashioniq", "--root", root, "--out", out,
-                       "--image-features", tmp_path / "f.npz", capsys=capsys)
+                       "--image-features", tmp_path / "f.npz")
     assert code == 2 and "exists already" in err and out.read_bytes() == b"old"
     bad = root / "captions" / "cap.toptee.val.json"
     data = json.loads(bad.read_text())
@@ -412,9 +398,8 @@ def test_existing_cache_and_fashioniq_bad_captions(tmp_path, text_encoder, capsy
     assert info.value.path == str(bad) and out.read_bytes() == b"old"
 
 
-def test_cli_subprocess_missing_root(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "featvlr.cli", "extract", "composed", "--dataset", "shoes",
-                           "--root", str(tmp_path / "none"), "--image-features", str(tmp_path / "f.npz")],
-                          capture_output=True, text=True, timeout=120)
+def test_cli_subprocess_missing_root(tmp_path, cli_process):
+    proc = cli_process("extract", "composed", "--dataset", "shoes", "--root", tmp_path / "none",
+                       "--image-features", tmp_path / "f.npz")
     assert proc.returncode == 2
     assert proc.stderr == f"featvlr: error: {tmp_path / 'none'}: no such folder (expected the shoes dataset)\n"

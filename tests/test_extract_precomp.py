@@ -1,9 +1,6 @@
 """`featvlr extract precomp`: exact round trips, text features against the model, bad input."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import h5py
 import numpy as np
 import pytest
@@ -30,19 +27,6 @@ def make_precomp(root, splits=(("train", 4), ("test", 6)), seed=0, regions=4, di
             (root / f"{split}_ids.txt").write_text("\n".join(f"{split}{i}" for i in range(n)) + "\n")
         data[split] = (ims, caps)
     return data
-
-
-def cli(*args, capsys=None):
-    """Run the CLI in this process; returns (exit status, stdout, stderr)."""
-    from featvlr.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr() if capsys else ("", "")
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +206,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input(tmp_path, case, text_encoder, capsys):
+def test_bad_input(tmp_path, case, text_encoder, cli):
     root = tmp_path / "p"
     make_precomp(root, splits=(("test", 6),))
     named = _corrupt(root, case)
@@ -230,38 +214,37 @@ def test_bad_input(tmp_path, case, text_encoder, capsys):
     with pytest.raises(InputError, match=CASES[case]) as info:
         extract_precomp(root, out, text_model=text_encoder, progress=False, chunk_bytes=4 * 8 * 4)
     assert info.value.path == str(named)
-    code, stdout, err = cli("extract", "precomp", "--root", root, "--out", out, "--no-progress", capsys=capsys)
+    code, stdout, err = cli("extract", "precomp", "--root", root, "--out", out, "--no-progress")
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"featvlr: error: {named}: ") and CASES[case] in lines[0]
     assert not out.exists() and not out.with_name("c.h5.partial").exists()
 
 
-def test_missing_root_and_split(tmp_path, capsys):
-    code, _, err = cli("extract", "precomp", "--root", tmp_path / "nope", "--out", tmp_path / "c.h5", capsys=capsys)
+def test_missing_root_and_split(tmp_path, cli):
+    code, _, err = cli("extract", "precomp", "--root", tmp_path / "nope", "--out", tmp_path / "c.h5")
     assert code == 2 and "nope: no such folder" in err
     make_precomp(tmp_path / "p", splits=(("test", 2),))
-    code, _, err = cli("extract", "precomp", "--root", tmp_path / "p", "--splits", "dev", "--out", tmp_path / "c.h5",
-                       capsys=capsys)
+    code, _, err = cli("extract", "precomp", "--root", tmp_path / "p", "--splits", "dev", "--out", tmp_path / "c.h5")
     assert code == 2 and "dev_ims.npy: no such file" in err and "test" in err
     assert not (tmp_path / "c.h5").exists()
 
 
-def test_existing_cache_refused_unless_overwrite(extracted, tmp_path, capsys):
+def test_existing_cache_refused_unless_overwrite(extracted, tmp_path, cli):
     root, _, out = extracted
     before = out.read_bytes()
-    code, _, err = cli("extract", "precomp", "--root", root, "--out", out, capsys=capsys)
+    code, _, err = cli("extract", "precomp", "--root", root, "--out", out)
     assert code == 2 and "exists already" in err and "--overwrite" in err
     assert out.read_bytes() == before
 
 
-def test_model_folder_that_is_not_a_model(tmp_path, capsys):
+def test_model_folder_that_is_not_a_model(tmp_path, cli):
     make_precomp(tmp_path / "p", splits=(("test", 2),))
     bogus = tmp_path / "model"
     bogus.mkdir()
     (bogus / "weights.txt").write_text("x")
     code, _, err = cli("extract", "precomp", "--root", tmp_path / "p", "--out", tmp_path / "c.h5",
-                       "--text-model", bogus, capsys=capsys)
+                       "--text-model", bogus)
     assert code == 2 and f"{bogus}: not a model folder" in err
     (bogus / "config.json").write_text("{}")                          # config without a model type
     from featvlr.sources.text_encoder import TextEncoder
@@ -272,10 +255,10 @@ def test_model_folder_that_is_not_a_model(tmp_path, capsys):
     assert not (tmp_path / "c.h5").exists()
 
 
-def test_cli_extracts_with_the_default_model(tmp_path, capsys):
+def test_cli_extracts_with_the_default_model(tmp_path, cli):
     make_precomp(tmp_path / "f30k_precomp", splits=(("test", 2),))
     code, out, err = cli("extract", "precomp", "--root", tmp_path / "f30k_precomp", "--out", tmp_path / "c.h5",
-                         "--no-progress", "--batch-size", "4", "--device", "cpu", capsys=capsys)
+                         "--no-progress", "--batch-size", "4", "--device", "cpu")
     assert code == 0, err
     assert "wrote" in out
     with h5py.File(tmp_path / "c.h5", "r") as f:
@@ -283,14 +266,13 @@ def test_cli_extracts_with_the_default_model(tmp_path, capsys):
         assert f["texts/test/tokens"].dtype == np.float16 and f["relevance/test/rougeL"].shape == (10, 2)
 
 
-def test_cli_subprocess_bad_input(tmp_path):
+def test_cli_subprocess_bad_input(tmp_path, cli_process):
     """The entry point as a user runs it: one line on stderr, exit status 2, nothing written."""
     root = tmp_path / "p"
     make_precomp(root, splits=(("test", 2),))
     named = _corrupt(root, "caption_count")
     out = tmp_path / "c.h5"
-    proc = subprocess.run([sys.executable, "-m", "featvlr.cli", "extract", "precomp", "--root", str(root),
-                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    proc = cli_process("extract", "precomp", "--root", root, "--out", out)
     assert proc.returncode == 2
     assert proc.stderr == f"featvlr: error: {named}: has 9 captions for the 2 images of test_ims.npy; " \
                           "expected exactly 5 per image (10)\n"

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from featvlr.errors import FeatvlrError
+from featvlr.evaluation.embed import concat_outputs, embed_split
 from featvlr.retrieval import (
     DenseScores,
     EmbeddingScores,
     PairwiseScores,
     ShortlistRerankScores,
-    concat_outputs,
-    embed_split,
     faiss_search,
     group_positives,
     ranks,
@@ -21,7 +20,9 @@ from featvlr.retrieval import (
     rows_per_block,
     topk,
 )
-from featvlr.store import CacheWriter, FeatureStore
+from featvlr.store import FeatureStore
+
+from synthetic import write_tiny_cache
 
 
 def int_embeddings(rng, n, d=8):
@@ -189,23 +190,8 @@ class FakeMethod(torch.nn.Module):
         return batch["pooled_text"]
 
 
-def write_tiny_cache(path, n_img=6, per=5, d=4, seed=0):
-    rng = np.random.default_rng(seed)
-    n_txt = n_img * per
-    lengths = rng.integers(1, 4, size=n_txt)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    with CacheWriter(path) as w:
-        w.write("images/test/regions", rng.normal(size=(n_img, 3, d)).astype(np.float32))
-        w.write("texts/test/tokens", rng.normal(size=(int(offsets[-1]), d)).astype(np.float32))
-        w.write("texts/test/offsets", offsets)
-        w.write("texts/test/pooled", rng.normal(size=(n_txt, d)).astype(np.float32))
-        w.write("texts/test/image_index", np.arange(n_txt, dtype=np.int64) // per)
-        w.write("relevance/test/rougeL", rng.random((n_txt, n_img)).astype(np.float32))
-    return FeatureStore(path)
-
-
 def test_embed_split_order_and_eval_mode(tmp_path):
-    store = write_tiny_cache(tmp_path / "tiny.h5")
+    store = FeatureStore(write_tiny_cache(tmp_path / "tiny.h5"))
     split = store.split("test")
     method = FakeMethod().train()
     img, txt = embed_split(method, split, batch_size=4)

@@ -21,6 +21,8 @@ from featvlr.scenarios import (
 )
 from featvlr.store import CacheWriter, FeatureStore
 
+from synthetic import write_tiny_cache
+
 
 def loop_ndcg(S: np.ndarray, REL: np.ndarray, exclude: list[list[int]], k: int, gain: str) -> float:
     """Mean NDCG@k, one query at a time: drop the excluded items, full sort."""
@@ -292,23 +294,8 @@ class PlanMethod(MeanMethod):
         return {"images": g_i.flip(1), "texts": g_t.flip(1), "shortlist": (len(g_t), len(g_i)), "rerank_fn": rerank}
 
 
-def tiny_store(path, n_img=10, per=5, d=4, seed=0):
-    rng = np.random.default_rng(seed)
-    n_txt = n_img * per
-    lengths = rng.integers(1, 4, size=n_txt)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    with CacheWriter(path) as w:
-        w.write("images/test/regions", rng.normal(size=(n_img, 3, d)).astype(np.float32))
-        w.write("texts/test/tokens", rng.normal(size=(int(offsets[-1]), d)).astype(np.float32))
-        w.write("texts/test/offsets", offsets)
-        w.write("texts/test/pooled", rng.normal(size=(n_txt, d)).astype(np.float32))
-        w.write("texts/test/image_index", np.arange(n_txt, dtype=np.int64) // per)
-        w.write("relevance/test/rougeL", rng.random((n_txt, n_img)).astype(np.float32))
-    return FeatureStore(path).split("test")
-
-
 def test_evaluate_method_paths(tmp_path):
-    split = tiny_store(tmp_path / "c.h5")
+    split = FeatureStore(write_tiny_cache(tmp_path / "c.h5", n_img=10)).split("test")
     curves: dict = {}
     dense = evaluate_method(MeanMethod(), split, "all", (1, 5), batch_size=3, curves=curves)
     assert {"i2t", "t2i", "i2t_5fold", "t2i_5fold"} <= set(curves) and len(curves["i2t"]) == 50

@@ -30,11 +30,6 @@ def write_small_cache(path, *, n_img=3, overwrite=False, nan=False):
     return regions, pooled
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "featvlr.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
-
-
 def test_round_trip_and_attributes(tmp_path):
     path = tmp_path / "c.h5"
     regions, pooled = write_small_cache(path)
@@ -127,28 +122,28 @@ def test_validation_catches_inconsistent_and_nan(tmp_path):
         FeatureStore(path)
 
 
-def test_info_command(tmp_path):
+def test_info_command(tmp_path, cli_process):
     path = tmp_path / "c.h5"
     write_small_cache(path)
-    proc = run_cli("info", path)
+    proc = cli_process("info", path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "split test: 3 images, 15 texts" in out
     assert "images/regions" in out and "3x2x4" in out and "float32" in out
     assert "text_encoder:    enc" in out and "on disk" in out and '"root": "x"' in out
-    proc = run_cli("info", path, "--json")
+    proc = cli_process("info", path, "--json")
     info = json.loads(proc.stdout)
     assert info["splits"]["test"]["datasets"]["texts/pooled"] == {"shape": [15, 6], "dtype": "float32"}
     assert info["size_bytes"] == path.stat().st_size
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
-def test_info_on_broken_cache_exits_2_with_one_line(tmp_path, damage):
+def test_info_on_broken_cache_exits_2_with_one_line(tmp_path, damage, cli_process):
     path = tmp_path / "c.h5"
     if damage == "truncated":
         write_small_cache(path)
         path.write_bytes(path.read_bytes()[:2000])
-    proc = run_cli("info", path)
+    proc = cli_process("info", path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("featvlr: error: ") and str(path) in lines[0]
