@@ -33,9 +33,10 @@ from featvlr import distributed as dist_utils
 from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from featvlr.config import Config, config_to_dict, save_config
 from featvlr.errors import ConfigError, FeatvlrError, InputError
-from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.device import pick_device
 from featvlr.methods.registry import get_method
+from featvlr.records import flatten_numbers
 from featvlr.runlog import RunLogger
 from featvlr.store import StoreSplit, open_store
 from featvlr.tasks import get_task
@@ -89,20 +90,6 @@ def feature_dims(split: StoreSplit) -> FeatureDims:
     return dims
 
 
-def maybe_build_demo(cfg: Config) -> None:
-    """Build the built-in demo cache named by ``data.cache`` when a demo config asks for it."""
-    cache = Path(cfg.data.cache)
-    if cache.exists() or not cfg.data.build_demo:
-        return
-    from featvlr.demo_run import build_demo_caches
-
-    if dist_utils.is_main():
-        build_demo_caches(cache_dir=cache.parent)
-    dist_utils.barrier()
-    if not cache.exists():
-        raise InputError(cache, "the demo build did not produce this cache (check data.cache in the config)")
-
-
 def _select_split(cfg: Config) -> str:
     split = cfg.train.select_split
     if split == cfg.data.test_split and not cfg.train.allow_test_selection:
@@ -140,6 +127,15 @@ def evaluate(method: Method, task, split: StoreSplit, cfg: Config, scenarios: li
         method.train(was_training)
 
 
+def run_stage(stage: Stage) -> None:
+    """Train a method's prerequisite run, resume it when interrupted, reuse it when complete."""
+    last = Path(stage.run_dir) / "ckpt" / "last.pt"
+    if not last.exists():
+        train(stage.config, stage.run_dir)
+    elif int(load_checkpoint(last)["epoch"]) < stage.config.train.epochs:
+        train(stage.config, stage.run_dir, resume=True)
+
+
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` and evaluate its best checkpoint on the test split."""
     run_dir = Path(run_dir)
@@ -152,11 +148,12 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
         device = torch.device("cuda", torch.cuda.current_device())
     is_main = rank == 0
     select_split = _select_split(cfg)
-    maybe_build_demo(cfg)
 
     if (run_dir / "ckpt" / "last.pt").exists() and not resume:
         raise InputError(run_dir, "the run folder has a checkpoint already; pass --resume to continue it or "
                          "choose another --out")
+    for stage in method_cls.stages(cfg, run_dir):
+        run_stage(stage)
     cfg = method_cls.prepare(cfg, run_dir)
     seed_everything(cfg.train.seed + rank)
 
@@ -310,7 +307,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             result.test_metrics = write_eval(method, task, task.eval_split(store, cfg.data.test_split), cfg, device,
                                              run_dir / "eval" / f"{cfg.data.test_split}.json",
                                              checkpoint=run_dir / "ckpt" / "best.pt")
-            logger.log({"event": "test", **{k: v for k, v in _flatten(result.test_metrics).items()}})
+            logger.log({"event": "test", **flatten_numbers(result.test_metrics, sep="/", scalars_only=True)})
     logger.close()
     dist_utils.barrier()
     if distributed and owns_group:
@@ -318,28 +315,5 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     return result
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
-        elif isinstance(v, (int, float, str)):
-            out[key] = v
-    return out
-
-
-def train_from_files(config: str | Path, overrides: list[str], out: str | Path | None, *, resume: bool = False
-                     ) -> TrainResult:
-    """``featvlr train``: load the config, choose the run folder, train."""
-    from featvlr.config import load_config
-
-    cfg = load_config(config, overrides)
-    if out is None:
-        name = cfg.name or Path(config).stem
-        out = Path("runs") / name
-    return train(cfg, out, resume=resume)
-
-
-__all__ = ["TrainResult", "TrainingDiverged", "train", "train_from_files", "lr_factor", "seed_everything",
+__all__ = ["TrainResult", "TrainingDiverged", "train", "run_stage", "lr_factor", "seed_everything",
            "feature_dims"]

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         The run folder gets config.yaml (resolved), ckpt/last.pt, ckpt/best.pt, log.jsonl and
         eval/<test split>.json with plots. Multi-GPU: torchrun --nproc_per_node N -m featvlr.cli train ...
         """
-        from featvlr.train import train_from_files
+        from featvlr.runs import train_from_files
 
         result = train_from_files(config, list(overrides or []), out, resume=resume)
         from featvlr import distributed

@@ -67,6 +67,17 @@ class StepState:
 
 
 @dataclass
+class Stage:
+    """A prerequisite run a method declares (GLS's stage 1, RVLR's teacher): the trainer
+    trains it into ``run_dir`` with ``config`` before the method's own run, resumes it when
+    it was interrupted, and reuses it when it is complete."""
+
+    name: str
+    config: Any
+    run_dir: Any
+
+
+@dataclass
 class NoOptions:
     """Options dataclass for a method section that takes none."""
 
@@ -115,9 +126,14 @@ class Method(nn.Module):
         return {"find_unused_parameters": True}
 
     @classmethod
+    def stages(cls, config: Any, run_dir: Any) -> list[Stage]:
+        """The prerequisite runs of ``config`` in ``run_dir``, in order (none by default)."""
+        return []
+
+    @classmethod
     def prepare(cls, config: Any, run_dir: Any) -> Any:
-        """Hook run before training: a multi-stage method may train a prerequisite run here
-        (RVLR's base, GLS's stage 1) and return the config updated to point at it."""
+        """Run after :meth:`stages` are complete, before training: return the config resolved
+        to point at them (a stage's run folder, cached teacher features). Never trains."""
         return config
 
     # -- evaluation ----------------------------------------------------------------------

@@ -74,7 +74,7 @@ from featvlr import distributed as dist_utils
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError, InputError
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
-from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavier_linear
@@ -283,24 +283,21 @@ class GLS(Method):
         return self
 
     @classmethod
+    def stages(cls, config: Any, run_dir: Any) -> list[Stage]:
+        """Stage 2 without ``model.stage1`` first trains stage 1 into ``<run_dir>/stage1``."""
+        opts: GLSModelOptions = config.model
+        if opts.stage != 2 or opts.stage1:
+            return []
+        return [Stage("stage1", stage1_config(config), Path(run_dir) / "stage1")]
+
+    @classmethod
     def prepare(cls, config: Any, run_dir: Any) -> Any:
-        """Stage 2 without ``model.stage1``: train stage 1 into ``<run_dir>/stage1`` first (or
-        reuse/resume it there) and return the config pointing at it."""
+        """Point ``model.stage1`` at the stage-1 run of :meth:`stages`."""
         opts: GLSModelOptions = config.model
         if opts.stage != 2 or opts.stage1:
             return config
-        from featvlr.checkpoint import load_checkpoint
-        from featvlr.train import train
-
-        stage1_dir = Path(run_dir) / "stage1"
-        cfg1 = stage1_config(config)
-        last = stage1_dir / "ckpt" / "last.pt"
-        if not last.exists():
-            train(cfg1, stage1_dir)
-        elif int(load_checkpoint(last)["epoch"]) < cfg1.train.epochs:
-            train(cfg1, stage1_dir, resume=True)  # an interrupted stage 1: finish it
         out = copy.deepcopy(config)
-        out.model = dataclasses.replace(opts, stage1=str(stage1_dir))
+        out.model = dataclasses.replace(opts, stage1=str(Path(run_dir) / "stage1"))
         return out
 
     # -- training -------------------------------------------------------------------------

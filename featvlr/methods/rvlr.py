@@ -65,7 +65,7 @@ from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation
-from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
@@ -146,21 +146,6 @@ def base_config(config: Any) -> Any:
     return dataclasses.replace(config, method="vse", name=name, model=model, loss=loss)
 
 
-def train_base(config: Any, teacher_dir: Path) -> None:
-    """Train (or finish, or reuse) the stage-1 ``vse`` run in ``teacher_dir``."""
-    from featvlr.checkpoint import load_checkpoint
-    from featvlr.train import train
-
-    base = base_config(config)
-    last = teacher_dir / "ckpt" / "last.pt"
-    if last.exists():
-        if int(load_checkpoint(last)["epoch"]) >= base.train.epochs:
-            return
-        train(base, teacher_dir, resume=True)
-    else:
-        train(base, teacher_dir)
-
-
 @register_method("rvlr")
 class RVLR(TowerEncoders, Method):
     """RVLR on frozen features (see the module docstring).
@@ -204,6 +189,13 @@ class RVLR(TowerEncoders, Method):
 
     # -- preparation ---------------------------------------------------------------------
     @classmethod
+    def stages(cls, config: Any, run_dir: Any) -> list[Stage]:
+        """Without a named teacher, the stage-1 ``vse`` run is trained into ``<run_dir>/teacher``."""
+        if config.model.teacher:  # a run folder, or "features"
+            return []
+        return [Stage("teacher", base_config(config), Path(run_dir) / "teacher")]
+
+    @classmethod
     def prepare(cls, config: Any, run_dir: Any) -> Any:
         """Resolve the teacher: train the base run first when none is named, then compute (or
         reuse) its cached embeddings over the training split and record where they are."""
@@ -214,11 +206,7 @@ class RVLR(TowerEncoders, Method):
         _check_options(model, config.loss)
         if model.teacher == "features":
             return config
-        teacher = model.teacher
-        if not teacher:
-            teacher_dir = Path(run_dir) / "teacher"
-            train_base(config, teacher_dir)
-            teacher = str(teacher_dir)
+        teacher = model.teacher or str(Path(run_dir) / "teacher")
         ckpt = resolve_checkpoint(teacher, model.teacher_checkpoint)
         if dist_utils.is_main():
             ensure_teacher_cache(ckpt, config.data.cache, config.data.train_split, device=config.train.device,

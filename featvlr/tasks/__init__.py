@@ -8,23 +8,16 @@ contract; it has no task branches and reads no batch keys.
 from __future__ import annotations
 
 from featvlr.errors import ConfigError
-from featvlr.tasks.base import Task
-
-_TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> Task:
-    _TASKS[task.name] = task
-    return task
+from featvlr.tasks.base import TASKS, Task, register_task
 
 
 def get_task(name: str) -> Task:
     """The task called ``name`` (a method's ``task`` class attribute)."""
-    if not _TASKS:
+    if not TASKS:
         from featvlr.tasks import composed, cross_modal  # noqa: F401  (they register themselves)
-    if name not in _TASKS:
-        raise ConfigError(f"unknown task {name!r} (known: {', '.join(sorted(_TASKS))})")
-    return _TASKS[name]
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
+    return TASKS[name]
 
 
 __all__ = ["Task", "get_task", "register_task"]

@@ -51,3 +51,12 @@ class Task:
 
     def after_final_eval(self, method: Any, split: Any, cfg: Any, device: Any, eval_dir: Path) -> None:
         """Extra files written beside the final results (per-query ranks, ...)."""
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Make ``task`` known to :func:`featvlr.tasks.get_task` under its name."""
+    TASKS[task.name] = task
+    return task

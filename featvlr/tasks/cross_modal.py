@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from featvlr.errors import InputError
-from featvlr.tasks import register_task
-from featvlr.tasks.base import Task
+from featvlr.tasks.base import Task, register_task
 
 
 class CrossModalTask(Task):
