@@ -73,7 +73,7 @@ def run_mode(method: GLS, images, texts, split=None, **kwargs) -> tuple[dict[str
 
 def evaluate_runs(runs: list[str], extra_gl: list[str], device: torch.device, split_name: str = "") -> None:
     from featvlr.checkpoint import load_method
-    from featvlr.retrieval import embed_split
+    from featvlr.evaluation.embed import embed_split
     from featvlr.store import FeatureStore
 
     rows: dict[str, list[tuple[float, float, float]]] = {}

@@ -1,9 +1,9 @@
 """Training speed of ``mlcl`` against the ``combiner`` baseline on a composed cache.
 
-For each method: the batches of :class:`featvlr.data_composed.ComposedBatches` (batch 1024
+For each method: the batches of :class:`featvlr.data.composed.ComposedBatches` (batch 1024
 by default, augmented views from the cache), forward + backward + AdamW step, timed over
 whole epochs after one warm-up epoch; then one dev evaluation
-(:func:`featvlr.data_composed.evaluate_composed_method`). Prints epochs/s, steps/s,
+(:func:`featvlr.evaluation.composed.evaluate_composed_method`). Prints epochs/s, steps/s,
 triplets/s and the evaluation time. On CPU the number of threads is set by ``--threads``.
 
     python benchmarks/bench_mlcl.py [--cache features/demo_composed.h5] [--batch 1024]
@@ -26,7 +26,8 @@ import torch
 
 from featvlr.config import config_from_dict
 from featvlr.data import move_to
-from featvlr.data_composed import ComposedBatches, evaluate_composed_method
+from featvlr.evaluation.composed import evaluate_composed_method
+from featvlr.data.composed import ComposedBatches
 from featvlr.methods import StepState, get_method
 from featvlr.store import CacheWriter, FeatureStore
 from featvlr.train import feature_dims

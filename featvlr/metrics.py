@@ -21,7 +21,7 @@ Definitions (``METHODS.md`` section 2):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,19 @@ def fold_texts(txt2img: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return np.nonzero((txt2img >= lo) & (txt2img < hi))[0]
 
 
+def iter_folds(txt2img: np.ndarray, n_images: int, folds: int
+               ) -> Iterator[tuple[np.ndarray | None, np.ndarray | None, np.ndarray, int]]:
+    """``(image_index, text_index, local_txt2img, n_fold_images)`` of each fold: with one fold
+    the whole split (indices None, the index as given); else each diagonal block of
+    :func:`fold_ranges` with its texts (:func:`fold_texts`) and their images renumbered from 0."""
+    for lo, hi in fold_ranges(n_images, folds):
+        if folds == 1:
+            yield None, None, txt2img, hi - lo
+        else:
+            txt_idx = fold_texts(txt2img, lo, hi)
+            yield np.arange(lo, hi), txt_idx, txt2img[txt_idx] - lo, hi - lo
+
+
 def average_folds(per_fold: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over folds."""
     return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
@@ -137,15 +150,7 @@ def cross_modal_recall(sims: Any, txt2img: Any = None, ks: Sequence[int] = (1, 5
         raise FeatvlrError(f"txt2img points outside the {n_img} images")
     check_scores(s)
     per_fold = []
-    for lo, hi in fold_ranges(n_img, folds):
-        if folds == 1:
-            img_idx = txt_idx = None
-            local = t2i
-        else:
-            txt_idx = fold_texts(t2i, lo, hi)
-            img_idx = np.arange(lo, hi)
-            local = t2i[txt_idx] - lo
-        n_fold = hi - lo
+    for img_idx, txt_idx, local, n_fold in iter_folds(t2i, n_img, folds):
         i2t_src = DenseScores(s, by="rows", query_index=img_idx, gallery_index=txt_idx, checked=True)
         t2i_src = DenseScores(s, by="cols", query_index=txt_idx, gallery_index=img_idx, checked=True)
         r_i2t = ranks(i2t_src, group_positives(local, n_fold).to(s.device), chunk_elements=chunk_elements)

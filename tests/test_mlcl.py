@@ -11,14 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from featvlr.config import config_from_dict, load_config
-from featvlr.data_composed import (
-    ComposedBatches,
-    composed_protocol,
-    evaluate_composed_method,
-    iter_query_batches,
-    read_queries,
-)
+from featvlr.data.composed import ComposedBatches, iter_query_batches, read_queries
 from featvlr.errors import ConfigError
+from featvlr.evaluation.composed import evaluate_composed_method, resolve_composed_protocol
 from featvlr.losses.mlcl import ComposedContrastiveLoss, MultiLevelContrastiveLoss, in_batch_cross_entropy
 from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
@@ -277,7 +272,8 @@ def test_reference_is_excluded_from_cirr_rankings(cache):
     assert fiq["composed/average_recall"] == 100.0
     shoes = evaluate_composed_method(OneHotMethod(split), split, dataset="shoes")
     assert shoes["composed/R@1"] == 100.0
-    assert composed_protocol("FashionIQ") == "fashioniq" and composed_protocol("demo") == "cirr"
+    assert resolve_composed_protocol(dataset="FashionIQ") == "fashioniq"
+    assert resolve_composed_protocol(dataset="demo") == "cirr"
 
 
 def test_cirr_submission_files(cache, tmp_path):

@@ -18,8 +18,8 @@ def eval_command(
     sims: Path | None = typer.Option(None, help=".npy [n_images, n_texts] similarity matrix from any model."),
     cache: Path | None = typer.Option(None, help="Feature cache: caption -> image index, relevance, composed "
                                       "data (default for a run: its config's data.cache)."),
-    relevance: Path | None = typer.Option(None, help="[n_texts, n_images] ROUGE-L relevance (.npy or TERAN's "
-                                          "raw float32); overrides the cache's."),
+    relevance: Path | None = typer.Option(None, help="[n_texts, n_images] ROUGE-L relevance (float .npy, flat or 2-D, "
+                                          "or TERAN's raw float32); overrides the cache's."),
     folds: str | None = typer.Option(None, help="Folds, e.g. '1,5' for COCO 5K and 1K (default: from the run's "
                                      "config, else 1)."),
     ks: str = typer.Option("1,5,10", help="Recall@K cut-offs."),
@@ -45,12 +45,13 @@ def eval_command(
       featvlr eval --embeddings mine.npz --cache features/f30k.h5 --split test --json mine.json
       featvlr eval --sims sims.npy --relevance f30k-test-rougeL.npy --folds 1
     """
-    from featvlr.evaluate import run_eval
+    from featvlr.evaluate import EvalFlags, run_eval
 
-    run_eval(target, split=split, scenarios=scenarios, json_path=json_path, embeddings=embeddings, sims=sims,
-             cache=cache, relevance=relevance, folds=folds, ks=ks, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k,
-             device=device, batch_size=batch_size, chunk_elements=chunk_elements, backend=backend, faiss_k=faiss_k,
-             t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol, plots=plots)
+    flags = EvalFlags(folds=folds, ks=ks, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k, batch_size=batch_size,
+                      chunk_elements=chunk_elements, backend=backend, faiss_k=faiss_k,
+                      t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol)
+    run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance, split=split,
+             scenarios=scenarios, json_path=json_path, flags=flags, device=device, plots=plots)
 
 
 def register(app: typer.Typer) -> None:

@@ -35,10 +35,17 @@ class ComposedTask(Task):
     def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
                  final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
                  ) -> dict[str, float]:
-        from featvlr.validate import evaluate_split
+        from featvlr.evaluation.composed import evaluate_composed_method
+        from featvlr.evaluation.options import EvalOptions, eval_options
 
-        return evaluate_split(method, split, cfg, scenarios, device, final=final, curves=curves,
-                              submission_dir=submission_dir)
+        opts = eval_options(cfg, final=final)
+        # scenarios chosen with EvalOptions (featvlr eval) are checked; a run config's lists
+        # default to the cross-modal ones and are not
+        chosen = scenarios if isinstance(cfg, EvalOptions) else None
+        return evaluate_composed_method(method, split, dataset=opts.dataset, protocol=opts.composed_protocol,
+                                        scenarios=chosen, batch_size=opts.batch_size, device=device,
+                                        chunk_elements=opts.chunk_elements, submission_dir=submission_dir,
+                                        curves=curves)
 
 
 register_task(ComposedTask())

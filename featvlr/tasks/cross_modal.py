@@ -27,16 +27,19 @@ class CrossModalTask(Task):
     def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
                  final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
                  ) -> dict[str, float]:
-        from featvlr.validate import evaluate_split
+        from featvlr.evaluation.methods import evaluate_cross_modal_method
+        from featvlr.evaluation.options import eval_options
 
-        return evaluate_split(method, split, cfg, scenarios, device, final=final, curves=curves,
-                              submission_dir=submission_dir)
+        return evaluate_cross_modal_method(method, split, scenarios, eval_options(cfg, final=final), device=device,
+                                           curves=curves)
 
     def after_final_eval(self, method: Any, split: Any, cfg: Any, device: Any, eval_dir: Path) -> None:
-        if not getattr(method, "pairwise", False):
-            from featvlr.validate import save_query_ranks
+        if not method.pairwise:
+            from featvlr.evaluation.methods import save_query_ranks
+            from featvlr.evaluation.options import eval_options
 
-            save_query_ranks(method, split, cfg, device, Path(eval_dir) / f"{split.name}_ranks.npz")
+            save_query_ranks(method, split, eval_options(cfg, final=True), device,
+                             Path(eval_dir) / f"{split.name}_ranks.npz")
 
 
 register_task(CrossModalTask())

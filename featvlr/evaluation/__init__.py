@@ -1,0 +1,21 @@
+"""Evaluation: the papers' protocols over embeddings, score matrices and methods.
+
+Layers, each module importing only those above it (and :mod:`featvlr.retrieval`,
+:mod:`featvlr.metrics`, :mod:`featvlr.data`, :mod:`featvlr.store`; never the trainer, the
+tasks or the commands):
+
+- :mod:`~featvlr.evaluation.options`: scenario names, the folds rule, :class:`EvalOptions`.
+- :mod:`~featvlr.evaluation.split_data`: caption -> image index and relevance of a split.
+- :mod:`~featvlr.evaluation.unimodal`, :mod:`~featvlr.evaluation.cross_modal`: the
+  cross-modal, uni-modal and mixed scenarios.
+- :mod:`~featvlr.evaluation.embed`: a method's embeddings of a split.
+- :mod:`~featvlr.evaluation.composed`: the one composed evaluation (protocol resolver,
+  FashionIQ categories, CIRR submission).
+- :mod:`~featvlr.evaluation.methods`: a cross-modal method on a split.
+- :mod:`~featvlr.evaluation.inputs`, :mod:`~featvlr.evaluation.results`,
+  :mod:`~featvlr.evaluation.plots`: files in and out of ``featvlr eval``.
+
+The tasks (:mod:`featvlr.tasks`) call the cross-modal or the composed path; the trainer
+(:mod:`featvlr.validate`), ``featvlr eval`` (:mod:`featvlr.evaluate`) and ablations (through
+the trainer) evaluate a method by its task. :mod:`featvlr.scenarios` is the public entry.
+"""

@@ -1,0 +1,239 @@
+"""Cross-modal retrieval (i2t, t2i) from embeddings, a pairwise score function, a shortlist
+plan or a similarity matrix; the uni-modal and mixed NDCG scenarios come from
+:mod:`featvlr.evaluation.unimodal`. Protocols: :mod:`featvlr.scenarios`."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from featvlr.errors import FeatvlrError
+from featvlr.evaluation.options import BACKENDS, CROSS_MODAL, UNI_AND_MIXED, parse_scenarios
+from featvlr.evaluation.split_data import SplitData, n_rows
+from featvlr.evaluation.unimodal import uni_and_mixed
+from featvlr.metrics import average_folds, iter_folds, ndcg_key, recall_curve, recall_from_ranks
+from featvlr.retrieval import (
+    DEFAULT_CHUNK_ELEMENTS,
+    DenseScores,
+    EmbeddingScores,
+    PairwiseScores,
+    ScoreSource,
+    ShortlistRerankScores,
+    as_tensor,
+    check_scores,
+    faiss_search,
+    group_positives,
+    ndcg_multi,
+    ranks,
+    ranks_from_topk,
+    rerank_from_score_fn,
+)
+
+
+def _folds_tuple(folds: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(folds),) if isinstance(folds, (int, np.integer)) else tuple(int(f) for f in folds)
+
+
+def _fold_suffix(f: int) -> str:
+    return "" if f == 1 else f"_{f}fold"
+
+
+def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None,
+                         scenarios: str | Sequence[str] | None = CROSS_MODAL, folds: int | Sequence[int] = 1, *,
+                         ks: Sequence[int] = (1, 5, 10), ndcg_ks: Sequence[int] = (10, 20, 50),
+                         ndcg_exp_k: int = 25, teran_ndcg: bool = False, t2t_without_siblings: bool = False,
+                         score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                         rerank_fn: Callable[..., torch.Tensor] | None = None,
+                         shortlist: int | tuple[int, int] | None = None, sims: Any = None, backend: str = "exact",
+                         faiss_k: int = 100, faiss_options: dict | None = None,
+                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                         curves: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Cross-modal, uni-modal and mixed retrieval metrics from embeddings or a score function.
+
+    Cheap enough for every epoch on a dev split with the default arguments (i2t and t2i by
+    chunked counting; the relevance is read only when a scenario needs it).
+
+    Args:
+        img_emb, txt_emb: ``[n_images, d]`` and ``[n_texts, d]`` L2-normalised embeddings
+            (torch or numpy, CPU or CUDA); may be None (or the method's dict outputs) with
+            ``score_fn``.
+        split_or_arrays: a :class:`~featvlr.store.StoreSplit`, a mapping with ``txt2img``
+            (``[n_texts]``) and optionally ``relevance`` (``[n_texts, n_images]``), or None
+            (``c // 5`` captions; no relevance).
+        scenarios: names from :data:`SCENARIOS` (not ``composed``); None = i2t, t2i and, when
+            relevance exists and embeddings are given, the uni-modal and mixed ones.
+        folds: 1, 5 or ``(1, 5)`` (COCO 5K and 1K); applies to i2t/t2i.
+        ks: Recall@K cut-offs. ndcg_ks: linear-gain NDCG cut-offs; ndcg_exp_k: the
+            exponential-gain one (also TERAN's, for i2t/t2i when ``teran_ndcg``).
+        teran_ndcg: add TERAN's NDCG (ROUGE-L, exp gain) to i2t and t2i.
+        t2t_without_siblings: also report ``t2t_nosiblings``.
+        score_fn: ``score_fn(image_rows, text_rows) -> [n_i, n_t]`` pairwise scores of a
+            token-level method (i2t/t2i only). With ``shortlist`` it re-ranks instead.
+        sims: a precomputed ``[n_images, n_texts]`` score matrix instead of embeddings
+            (i2t/t2i only; e.g. another model's scores).
+        rerank_fn: ``rerank_fn(query_rows, candidate_rows, queries)`` -> ``[q, k]`` scores of
+            each query's shortlisted candidates (``queries`` is ``"images"`` or ``"texts"``);
+            built from ``score_fn`` when omitted.
+        shortlist: size of the global shortlist (an int, or ``(i2t, t2i)``), scored by the
+            embeddings and re-ranked; a ground truth outside it is a miss.
+        backend: ``"exact"`` or ``"faiss-flat"``/``"faiss-ivf"``/``"faiss-hnsw"`` (i2t/t2i
+            from top-``faiss_k`` lists: R@K only, K <= faiss_k).
+        chunk_elements: most query x gallery scores held at once.
+        curves: if a dict is given, it receives R@1..R@50 curves per scenario (for plots).
+
+    Returns:
+        ``{"<scenario>/<metric>": value, "rsum": ..., "r_mean": ...}`` (see the module docstring).
+    """
+    pairwise = score_fn is not None and shortlist is None
+    img_is_tensor = img_emb is not None and not isinstance(img_emb, dict)
+    sims_t = None
+    if sims is not None:
+        if img_is_tensor or pairwise:
+            raise FeatvlrError("pass either embeddings, a score function or a similarity matrix")
+        sims_t = as_tensor(sims)
+        if sims_t.ndim != 2:
+            raise FeatvlrError(f"the similarity matrix must be [n_images, n_texts], got shape {tuple(sims_t.shape)}")
+        check_scores(sims_t)
+        data = SplitData(split_or_arrays, sims_t.shape[0], sims_t.shape[1])
+    else:
+        data = SplitData(split_or_arrays, n_rows(img_emb), n_rows(txt_emb))
+    chosen = parse_scenarios(scenarios)
+    if chosen is None:
+        chosen = list(CROSS_MODAL)
+        if img_is_tensor and not pairwise and data.has_relevance:
+            chosen += list(UNI_AND_MIXED)
+    if "composed" in chosen:
+        raise FeatvlrError("the composed scenario needs query embeddings: use evaluate_composed")
+    if backend not in BACKENDS:
+        raise FeatvlrError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    if not img_is_tensor and not pairwise and sims_t is None:
+        raise FeatvlrError("pass image and text embeddings, a score function or a similarity matrix")
+    if img_is_tensor and n_rows(txt_emb) is None:
+        raise FeatvlrError("text embeddings are missing")
+    if shortlist is not None and score_fn is None and rerank_fn is None:
+        raise FeatvlrError("a shortlist needs a re-rank function (rerank_fn or score_fn)")
+    if backend != "exact" and (pairwise or shortlist is not None or sims_t is not None):
+        raise FeatvlrError("the FAISS backend works on embeddings only")
+    if img_is_tensor:
+        img_t, txt_t = as_tensor(img_emb), as_tensor(txt_emb)
+        if img_t.ndim != 2 or txt_t.ndim != 2 or img_t.shape[1] != txt_t.shape[1]:
+            raise FeatvlrError(f"embeddings must be [n, d] with the same d; got images {tuple(img_t.shape)} "
+                               f"and texts {tuple(txt_t.shape)}")
+        for name, t in (("image", img_t), ("text", txt_t)):
+            if not torch.isfinite(t).all():
+                raise FeatvlrError(f"the {name} embeddings contain NaN or infinite values")
+    else:
+        img_t = txt_t = None
+    device = img_t.device if img_t is not None else sims_t.device if sims_t is not None else torch.device("cpu")
+
+    results: dict[str, float] = {}
+    directions = [d for d in CROSS_MODAL if d in chosen]
+    if directions:
+        for f in _folds_tuple(folds):
+            res = _cross_modal(img_t, txt_t, sims_t, data, f, directions, ks=ks, score_fn=score_fn,
+                               rerank_fn=rerank_fn, shortlist=shortlist, backend=backend, faiss_k=faiss_k,
+                               faiss_options=faiss_options or {}, teran_ndcg=teran_ndcg,
+                               ndcg_exp_k=ndcg_exp_k, chunk_elements=chunk_elements, device=device,
+                               curves=curves)
+            sfx = _fold_suffix(f)
+            for key, value in res.items():
+                direction, _, metric = key.partition("_")
+                if direction in directions:
+                    results[f"{direction}{sfx}/{metric}"] = value
+            if len(directions) == 2:
+                results[f"rsum{sfx}"] = res["rsum"]
+                results[f"r_mean{sfx}"] = res["rsum"] / (2 * len(ks))
+    uni = [s for s in chosen if s in UNI_AND_MIXED]
+    if uni:
+        if img_t is None or pairwise:
+            raise FeatvlrError(f"scenario {uni[0]} needs embeddings (a similarity matrix or a pairwise score "
+                               "function gives i2t and t2i only)")
+        results.update(uni_and_mixed(img_t, txt_t, data, uni, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k,
+                                      t2t_without_siblings=t2t_without_siblings, chunk_elements=chunk_elements))
+    return results
+
+
+def _cross_modal(img, txt, sims, data: SplitData, folds: int, directions: list[str], *, ks, score_fn, rerank_fn,
+                 shortlist, backend, faiss_k, faiss_options, teran_ndcg, ndcg_exp_k, chunk_elements, device,
+                 curves) -> dict[str, float]:
+    """``{d}_R@K``, ``{d}_medr``, ``{d}_meanr`` (and TERAN NDCG) per direction, averaged over
+    folds; ``rsum`` when both directions are asked for."""
+    rel = data.relevance("i2t/t2i NDCG") if teran_ndcg else None
+    per_fold: list[dict[str, float]] = []
+    curve_parts: dict[str, list[list[float]]] = {d: [] for d in directions}
+    sl = (shortlist, shortlist) if isinstance(shortlist, int) else shortlist
+    for img_idx, txt_idx, local, n_fold in iter_folds(data.txt2img, data.n_images, folds):
+        positives = {"i2t": group_positives(local, n_fold).to(device), "t2i": torch.as_tensor(local, device=device)}
+        sources = _cross_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, sl, device)
+        res: dict[str, float] = {}
+        for d in directions:
+            if backend != "exact":
+                i_sub = img if img_idx is None else img[torch.as_tensor(img_idx, device=img.device)]
+                t_sub = txt if txt_idx is None else txt[torch.as_tensor(txt_idx, device=txt.device)]
+                q, g = (i_sub, t_sub) if d == "i2t" else (t_sub, i_sub)
+                _, ids = faiss_search(q, g, faiss_k, index=backend.split("-", 1)[1], **faiss_options)
+                r = ranks_from_topk(ids, positives[d].cpu())
+                res.update(recall_from_ranks(r, [k for k in ks if k <= faiss_k], prefix=f"{d}_", with_ranks=False))
+            else:
+                r = ranks(sources[d], positives[d], chunk_elements=chunk_elements)
+                res.update(recall_from_ranks(r, ks, prefix=f"{d}_"))
+            curve_parts[d].append(recall_curve(r))
+            if rel is not None:
+                res.update(_teran_ndcg(sources[d], d, rel, img_idx, txt_idx, ndcg_exp_k, chunk_elements))
+        if len(directions) == 2:
+            res["rsum"] = float(sum(v for k, v in res.items() if "_R@" in k))
+        per_fold.append(res)
+    if curves is not None:
+        for d, parts in curve_parts.items():
+            curves[f"{d}{_fold_suffix(folds)}"] = [float(x) for x in np.mean(np.asarray(parts), axis=0)]
+    return average_folds(per_fold)
+
+
+def _cross_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, shortlist,
+                   device) -> dict[str, ScoreSource]:
+    if img is not None or sims is not None:
+        out: dict[str, ScoreSource]
+        if sims is not None:
+            out = {"i2t": DenseScores(sims, by="rows", query_index=img_idx, gallery_index=txt_idx, checked=True),
+                   "t2i": DenseScores(sims, by="cols", query_index=txt_idx, gallery_index=img_idx, checked=True)}
+        else:
+            i_sub = img if img_idx is None else img[torch.as_tensor(img_idx, device=img.device)]
+            t_sub = txt if txt_idx is None else txt[torch.as_tensor(txt_idx, device=txt.device)]
+            out = {"i2t": EmbeddingScores(i_sub, t_sub), "t2i": EmbeddingScores(t_sub, i_sub)}
+        if shortlist is None:
+            return out
+        i_ids = torch.arange(data.n_images) if img_idx is None else torch.as_tensor(img_idx)
+        t_ids = torch.arange(data.n_texts) if txt_idx is None else torch.as_tensor(txt_idx)
+        for direction, (q_ids, g_ids), k in (("i2t", (i_ids, t_ids), shortlist[0]), ("t2i", (t_ids, i_ids), shortlist[1])):
+            queries = "images" if direction == "i2t" else "texts"
+            if rerank_fn is not None:
+                fn = (lambda q, c, _queries=queries: rerank_fn(q, c, _queries))
+            else:
+                fn = rerank_from_score_fn(score_fn, queries=queries)
+            out[direction] = ShortlistRerankScores(out[direction], fn, k, query_ids=q_ids, gallery_ids=g_ids)
+        return out
+    return {d: PairwiseScores(score_fn, data.n_images, data.n_texts, queries=q, image_index=img_idx,
+                              text_index=txt_idx, device=device)
+            for d, q in (("i2t", "images"), ("t2i", "texts"))}
+
+
+def _teran_ndcg(source: ScoreSource, direction: str, rel: torch.Tensor, img_idx, txt_idx, k: int,
+                chunk_elements: int) -> dict[str, float]:
+    """TERAN's NDCG@k, exp gain: t2i rel = R[q, fold images]; i2t rel = R[fold captions, i]
+    (also averaged over the non-zero values only, as TERAN's i2t does)."""
+    dev = source.device
+    if img_idx is not None:
+        rel = rel[torch.as_tensor(txt_idx)][:, torch.as_tensor(img_idx)]
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        return (rel[:, a:b].t() if direction == "i2t" else rel[a:b]).to(dev)
+
+    key = ndcg_key("exp", k)
+    v = ndcg_multi(source, rows, [(k, "exp")], chunk_elements=chunk_elements)[(k, "exp")].numpy()
+    out = {f"{direction}_{key}": float(v.mean())}
+    if direction == "i2t":
+        nonzero = v[v != 0]
+        out[f"i2t_{key}_nonzero"] = float(nonzero.mean()) if len(nonzero) else 0.0
+    return out
