@@ -86,6 +86,24 @@ def test_sims_with_relevance_file_and_raw_memmap(files, cli):
         assert ma["i2t/ndcg_exp@25"] == pytest.approx(emb["i2t/ndcg_exp@25"])
 
 
+def test_relevance_file_read_like_extract(files, cli):
+    """--relevance goes through featvlr.relevance.load_relevance: a flat float .npy is the same
+    matrix; an integer .npy is refused."""
+    root = files["root"]
+    np.save(root / "rel_flat.npy", files["rel"].ravel())
+    np.save(root / "rel_int.npy", (files["rel"] * 10).astype(np.int64))
+    a = cli("eval", "--sims", root / "sims.npy", "--relevance", root / "rel.npy", "--json", root / "r2d.json",
+            "--no-plots")
+    b = cli("eval", "--sims", root / "sims.npy", "--relevance", root / "rel_flat.npy", "--json",
+            root / "rflat.json", "--no-plots")
+    assert a[0] == 0 and b[0] == 0, a[2] + b[2]
+    ma, mb = (json.loads((root / n).read_text())["metrics"] for n in ("r2d.json", "rflat.json"))
+    assert ma == mb and "i2t/ndcg_exp@25" in mb
+    code, _, err = cli("eval", "--sims", root / "sims.npy", "--relevance", root / "rel_int.npy", "--json",
+                       root / "rint.json", "--no-plots")
+    assert code == 2 and "floating point" in err
+
+
 def test_checkpoint_run(files, tmp_path, cli):
     import torch
 

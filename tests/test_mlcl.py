@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from featvlr.config import config_from_dict, load_config
 from featvlr.data.composed import ComposedBatches, iter_query_batches, read_queries
-from featvlr.errors import ConfigError
+from featvlr.errors import ConfigError, FeatvlrError, InputError
 from featvlr.evaluation.composed import evaluate_composed_method, resolve_composed_protocol
 from featvlr.losses.mlcl import ComposedContrastiveLoss, MultiLevelContrastiveLoss, in_batch_cross_entropy
 from featvlr.methods import StepState, get_method
@@ -324,6 +324,61 @@ def test_fashioniq_evaluates_each_category_on_its_own_gallery(tmp_path):
     assert m["average_recall"] == pytest.approx((m["R@10"] + m["R@50"]) / 2)
     one = evaluate_composed_method(method, "val_shirt", store=store, dataset="fashioniq")
     assert one["composed/R@10"] == pytest.approx(m["shirt_R@10"])
+
+
+def test_one_fashioniq_rule_through_the_composed_task(tmp_path):
+    """``val`` and ``val_<category>`` both exist: FashionIQ (named, or found from the per-category
+    splits when no dataset is known) evaluates the categories, curves per category, as the
+    trainer and ``featvlr eval`` both do through the task."""
+    from featvlr.evaluation.options import EvalOptions
+    from featvlr.tasks import get_task
+
+    path = write_composed_cache(tmp_path / "fiq.h5", n_sets=(6, 3), fiq_categories=("dress", "shirt"))
+    store = FeatureStore(path)
+    method = make_method("combiner", path).eval()
+    task = get_task("composed")
+    split = task.eval_split(store, "val")
+    want = evaluate_composed_method(method, "val", store=store, dataset="fashioniq")
+    curves: dict = {}
+    got = task.evaluate(method, split, EvalOptions(dataset="fashioniq"), ["composed"], "cpu", final=True,
+                        curves=curves)
+    assert got == want and set(curves) == {"composed_dress", "composed_shirt"}
+    assert task.evaluate(method, split, EvalOptions(), None, "cpu") == want
+    cirr = task.evaluate(method, split, EvalOptions(dataset="cirr"), None, "cpu")
+    assert "composed/Rsubset@1" in cirr  # CIRR: the one split "val"
+    with pytest.raises(FeatvlrError, match="only the composed scenario"):
+        task.evaluate(method, split, EvalOptions(), ["i2t"], "cpu")
+
+
+def test_composed_protocol_resolver_and_galleries():
+    from featvlr.evaluation.composed import composed_galleries
+
+    class Store:
+        path = "x.h5"
+
+        def __init__(self, names):
+            self.names = names
+
+        def splits(self):
+            return list(self.names)
+
+        def has(self, key):
+            return key.split("/", 1)[1] in self.names
+
+    assert resolve_composed_protocol("shoes", dataset="cirr") == "shoes"
+    assert resolve_composed_protocol(dataset="fashion-iq", composed={"subsets": 1}) == "fashioniq"
+    assert resolve_composed_protocol(composed={"subsets": 1}) == "cirr"
+    assert resolve_composed_protocol(composed={"category": 1}) == "fashioniq"
+    assert resolve_composed_protocol(composed={}) == "shoes" and resolve_composed_protocol() == "auto"
+    with pytest.raises(FeatvlrError, match="unknown composed protocol"):
+        resolve_composed_protocol("cir")
+    both = Store(["val", "val_shirt", "val_dress"])
+    assert composed_galleries(both, "val", "fashioniq") == {"dress": "val_dress", "shirt": "val_shirt"}
+    assert composed_galleries(both, "val", "auto") == {"dress": "val_dress", "shirt": "val_shirt"}
+    assert composed_galleries(both, "val", "cirr") == {"": "val"}
+    assert composed_galleries(Store(["val"]), "val", "fashioniq") == {"": "val"}
+    with pytest.raises(InputError, match="no FashionIQ split"):
+        composed_galleries(Store(["test"]), "val", "fashioniq")
 
 
 # --------------------------------------------------------------------------------------
