@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from featvlr.device import pick_device
 from featvlr.errors import FeatvlrError, InputError
 from featvlr.evaluation.inputs import (
     arrays_or_split,
@@ -47,8 +48,7 @@ from featvlr.evaluation.options import EvalOptions, parse_ints, parse_scenarios,
 from featvlr.evaluation.plots import group_metrics, plot_results
 from featvlr.evaluation.results import format_table, write_results
 
-__all__ = ["EvalFlags", "format_table", "group_metrics", "plot_results", "resolve_device", "run_eval",
-           "write_results"]
+__all__ = ["EvalFlags", "format_table", "group_metrics", "plot_results", "run_eval", "write_results"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,16 +86,6 @@ class EvalFlags:
         return EvalOptions(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatvlrError(f"device {device!r} requested but CUDA is not available")
-    return device
-
-
 def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None = None,
              sims: str | Path | None = None, cache: str | Path | None = None, relevance: str | Path | None = None,
              split: str = "test", scenarios: str | Sequence[str] | None = "all", json_path: str | Path | None = None,
@@ -126,7 +116,7 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
     if len(given) != 1:
         raise FeatvlrError("give exactly one input: a run folder or checkpoint, --embeddings FILE or --sims FILE")
     chosen = parse_scenarios(scenarios)
-    dev = resolve_device(device)
+    dev = str(pick_device(device))
     config = None
     seed = None
     curves: dict[str, list[float]] = {}
