@@ -36,6 +36,7 @@ from featvlr.errors import ConfigError, FeatvlrError, InputError
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.device import pick_device
 from featvlr.methods.registry import get_method
+from featvlr.provenance import check_run_config, config_hash
 from featvlr.records import flatten_numbers
 from featvlr.runlog import RunLogger
 from featvlr.store import StoreSplit, open_store
@@ -127,6 +128,27 @@ def evaluate(method: Method, task, split: StoreSplit, cfg: Config, scenarios: li
         method.train(was_training)
 
 
+def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
+    """The checkpoint must be of the configured method (checked before any weight is loaded)."""
+    if ckpt.get("method") != cfg.method:
+        raise InputError(path, f"--resume: the checkpoint is a {ckpt.get('method')!r} run, the config asks for "
+                         f"{cfg.method!r}")
+
+
+def check_state_dict(method: Method, state: dict[str, Any], path: Path) -> None:
+    """Name the first differences between a checkpoint's weights and the model's, if any."""
+    own = method.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or extra or shapes:
+        parts = [f"{name}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else "")
+                 for name, items in (("missing", missing), ("unexpected", extra), ("shape", shapes)) if items]
+        raise InputError(path, "--resume: the checkpoint's weights do not fit the configured model ("
+                         + "; ".join(parts) + ")")
+
+
 def run_stage(stage: Stage) -> None:
     """Train a method's prerequisite run, resume it when interrupted, reuse it when complete."""
     last = Path(stage.run_dir) / "ckpt" / "last.pt"
@@ -155,6 +177,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     for stage in method_cls.stages(cfg, run_dir):
         run_stage(stage)
     cfg = method_cls.prepare(cfg, run_dir)
+    ckpt = None
+    if resume:
+        last = run_dir / "ckpt" / "last.pt"
+        if not last.exists():
+            raise InputError(run_dir, "--resume: the run folder has no ckpt/last.pt")
+        ckpt = load_checkpoint(last)
+        check_resumable(ckpt, cfg, last)
+    changed = check_run_config(run_dir, cfg, resume=resume, done_epochs=None if ckpt is None else int(ckpt["epoch"]))
     seed_everything(cfg.train.seed + rank)
 
     store = open_store(cfg.data.cache)
@@ -179,11 +209,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     start_epoch, step, best_value, best_epoch, best_metrics = 0, 0, -math.inf, -1, {}
-    if resume:
-        last = run_dir / "ckpt" / "last.pt"
-        if not last.exists():
-            raise InputError(run_dir, "--resume: the run folder has no ckpt/last.pt")
-        ckpt = load_checkpoint(last)
+    if ckpt is not None:
+        check_state_dict(method, ckpt["model"], run_dir / "ckpt" / "last.pt")
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -205,6 +232,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     logger = RunLogger(run_dir, enabled=is_main, tensorboard=tr.tensorboard)
+    if is_main and resume:
+        logger.log({"event": "resume", "epoch": start_epoch, "step": step,
+                    "changed": {k: list(v) for k, v in changed.items()}})
+        logger.echo(f"resuming {run_dir} after epoch {start_epoch} (step {step})"
+                    + "".join(f"; {k}: {a} -> {b}" for k, (a, b) in changed.items()))
     if is_main and not resume:
         logger.log({"event": "start", "method": cfg.method, "device": str(device), "world_size": world,
                     "data_placement": placement, "prefetch": cfg.data.prefetch,
@@ -212,7 +244,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
 
     def checkpoint_payload(epoch_done: int) -> dict[str, Any]:
         return {
-            "method": cfg.method, "config": config_to_dict(cfg), "dims": vars(dims).copy(),
+            "method": cfg.method, "config": config_to_dict(cfg), "config_sha256": config_hash(cfg),
+            "dims": vars(dims).copy(),
             "model": method.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epoch_done, "step": step, "best_value": best_value, "best_epoch": best_epoch,
