@@ -1,12 +1,15 @@
-"""`featvlr demo`: make the built-in dataset, extract it, train ``vse`` briefly, evaluate everything.
+"""`featvlr demo`: make the built-in dataset, extract it, train ``vse`` briefly, evaluate it.
 
 The whole job a new user runs first::
 
-    featvlr demo --out demo
+    featvlr demo
 
-writes ``demo/data`` (the raw dataset in the SCAN precomp and CIRR layouts),
-``demo/features/demo.h5`` and ``demo/features/demo_composed.h5`` (the caches), and
-``demo/runs/demo_vse`` (config, checkpoints, log, ``eval/test.json`` and plots).
+writes, under the current folder (``--out`` to choose another), ``features/demo_data`` (the
+raw dataset in the SCAN precomp and CIRR layouts), ``features/demo.h5`` and
+``features/demo_composed.h5`` (the caches: the paths every ``configs/demo_*.yaml`` names,
+so ``featvlr train --config configs/demo_hrem.yaml`` afterwards reuses them), and
+``runs/demo_vse`` (config, checkpoints, log, ``eval/test.json`` and plots; the folder
+``featvlr train --config configs/demo_vse.yaml`` would use).
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ def find_config(name: str) -> Path:
 
 
 def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, progress: bool = True,
-                      data_dir: str | Path | None = None) -> dict[str, Path]:
+                      data_dir: str | Path | None = None, say=None) -> dict[str, Path]:
     """Generate the demo dataset (if missing) and extract its caches (if missing).
 
-    Returns the paths of ``data``, ``cache`` (cross-modal) and ``composed_cache``.
+    ``say`` (e.g. ``print``) is told each stage as it starts. Returns the paths of ``data``,
+    ``cache`` (cross-modal) and ``composed_cache``.
     """
+    say = say or (lambda text: None)
     from featvlr.demo import demo_is_complete, make_demo_dataset
     from featvlr.sources.composed import extract_composed
     from featvlr.sources.precomp import extract_precomp
@@ -43,31 +48,39 @@ def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, prog
     cache_dir = Path(cache_dir)
     data = Path(data_dir) if data_dir is not None else cache_dir / "demo_data"
     if not demo_is_complete(data):
+        say(f"generating the demo dataset in {data}")
         make_demo_dataset(data, seed=seed, overwrite=data.exists())
     cache = cache_dir / DEMO_CACHE
     if not cache.exists():
+        say(f"extracting {cache} (captions through the bundled all-MiniLM-L6-v2)")
         extract_precomp(data, cache, splits=["train", "dev", "test"], dtype="float32", progress=progress)
     composed = cache_dir / DEMO_COMPOSED_CACHE
     cirr = data / "cirr"
     if not composed.exists() and cirr.exists():
         aug = cirr / "image_features_aug.npz"
+        say(f"extracting {composed}")
         extract_composed("cirr", cirr, composed, image_features=cirr / "image_features.npz",
                          aug_features=aug if aug.exists() else None, progress=progress)
     return {"data": data, "cache": cache, "composed_cache": composed}
 
 
-def run_demo(out: str | Path = "demo", *, epochs: int | None = None, seed: int = 0,
-             overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(out: str | Path = ".", *, epochs: int | None = None, seed: int = 0,
+             overrides: list[str] | None = None, progress: bool = True, say=None) -> dict[str, Any]:
     """Build, train and evaluate; returns the test results and where they are."""
     from featvlr.config import load_config
     from featvlr.train import train
 
     out = Path(out)
-    paths = build_demo_caches(out / "features", seed=seed, progress=progress, data_dir=out / "data")
+    paths = build_demo_caches(out / "features", seed=seed, progress=progress, data_dir=out / "features" / "demo_data",
+                              say=say)
     sets = [f"data.cache={paths['cache']}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
     if epochs is not None:
         sets.append(f"train.epochs={epochs}")
     cfg = load_config(find_config("demo_vse.yaml"), sets + list(overrides or []))
     run_dir = out / "runs" / "demo_vse"
-    result = train(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").exists())
+    resume = (run_dir / "ckpt" / "last.pt").exists()
+    if say is not None:
+        say(f"{'resuming' if resume else 'training'} vse in {run_dir} ({cfg.train.epochs} epochs), then "
+            "evaluating the test split")
+    result = train(cfg, run_dir, resume=resume)
     return {"paths": paths, "run_dir": run_dir, "result": result}

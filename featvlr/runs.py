@@ -24,7 +24,9 @@ def maybe_build_demo(cfg: Config) -> None:
     from featvlr.demo_run import build_demo_caches
 
     if dist_utils.is_main():
-        build_demo_caches(cache_dir=cache.parent)
+        print(f"{cache} is missing and the config asks for the demo data (data.build_demo): building it once",
+              flush=True)
+        build_demo_caches(cache_dir=cache.parent, say=lambda text: print(text, flush=True))
     dist_utils.barrier()
     if not cache.exists():
         raise InputError(cache, "the demo build did not produce this cache (check data.cache in the config)")

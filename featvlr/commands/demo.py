@@ -10,7 +10,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
-        out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the data, caches and run."),
+        out: Path = typer.Option(Path("."), "--out", "-o", help="Folder under which features/ (data and "
+                                 "caches, the paths configs/demo_*.yaml name) and runs/demo_vse are written."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs [default: the demo config's]."),
         seed: int = typer.Option(0, "--seed", help="Seed of the dataset and the training run."),
         overrides: Optional[List[str]] = typer.Option(
@@ -18,15 +19,19 @@ def register(app: typer.Typer) -> None:
         data_only: bool = typer.Option(False, "--data-only", help="Only generate and extract the dataset."),
     ) -> None:
         """Generate the built-in dataset, extract it with the default text encoder, train `vse`
-        briefly and evaluate every scenario. No download; a few minutes on 2 CPU cores."""
+        briefly and evaluate its six cross-modal scenarios. No download; a few minutes on 2 CPU cores.
+
+        The caches land where configs/demo_*.yaml look for them, so `featvlr train --config
+        configs/demo_hrem.yaml` (or demo_mlcl.yaml, a composed method) reuses them afterwards."""
         from featvlr.demo_run import build_demo_caches, run_demo
 
         if data_only:
-            paths = build_demo_caches(out / "features", seed=seed, data_dir=out / "data")
+            paths = build_demo_caches(out / "features", seed=seed, data_dir=out / "features" / "demo_data",
+                                      say=typer.echo)
             for key, value in paths.items():
                 typer.echo(f"{key}: {value}")
             return
-        done = run_demo(out, epochs=epochs, seed=seed, overrides=list(overrides or []))
+        done = run_demo(out, epochs=epochs, seed=seed, overrides=list(overrides or []), say=typer.echo)
         from featvlr.evaluate import format_table
 
         result = done["result"]
