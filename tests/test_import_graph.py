@@ -1,4 +1,5 @@
-"""The import graph of the featvlr package has no cycle, and no module is over 450 lines.
+"""The import graph of the featvlr package has no cycle and no edge against the layering
+(data < methods < trainer and tasks < application), and no module is over 450 lines.
 
 Every module is parsed with ``ast``; every import counts, those inside functions included
 (a function-level import only hides a cycle, it does not remove it). An edge goes from a
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import featvlr
 
@@ -162,3 +165,43 @@ def test_no_module_over_450_lines():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
     done = sorted(name for name in KNOWN_LONG_MODULES if lengths.get(name, 0) <= MAX_LINES)
     assert not done, f"remove from KNOWN_LONG_MODULES (now within {MAX_LINES} lines or gone): {done}"
+
+
+# -- layers: what a module may reach through its imports (transitively) -------------------
+
+APPLICATION = ("featvlr.cli", "featvlr.commands", "featvlr.runs", "featvlr.demo_run", "featvlr.ablate",
+               "featvlr.report")
+EVALUATION = ("featvlr.evaluation", "featvlr.scenarios", "featvlr.retrieval", "featvlr.metrics",
+              "featvlr.evaluate", "featvlr.validate")
+
+
+def _in(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def reachable(start: str, edges: set[tuple[str, str]]) -> set[str]:
+    succ: dict[str, set[str]] = {}
+    for a, b in edges:
+        succ.setdefault(a, set()).add(b)
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in succ.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+@pytest.mark.parametrize("layer,forbidden", [
+    (("featvlr.data", "featvlr.store", "featvlr.cache_writer"), ("featvlr.train",) + EVALUATION + APPLICATION),
+    (("featvlr.methods", "featvlr.modules", "featvlr.losses"), ("featvlr.train", "featvlr.tasks") + APPLICATION),
+    (("featvlr.train", "featvlr.tasks"), APPLICATION),
+])
+def test_layers_have_no_back_edges(layer, forbidden):
+    modules = module_files()
+    edges = set(import_edges(modules))
+    bad = []
+    for name in modules:
+        if _in(name, layer):
+            bad += [f"{name} -> {m}" for m in sorted(reachable(name, edges)) if _in(m, forbidden)]
+    assert not bad, "imports against the layering:\n" + "\n".join(bad[:20])
