@@ -156,8 +156,11 @@ class RowTable:
 def open_table(split: Any, key: str, placement: str, device: torch.device, *, region_rows: bool = False
                ) -> RowTable:
     """A :class:`RowTable` over dataset ``key`` of ``split`` (``region_rows``: ``[N, R, D]``
-    served as ``[N * R, D]``). ``split`` may hold the array in memory already
-    (:meth:`featvlr.store.StoreSplit.load_in_memory`), which is then used as is."""
+    served as ``[N * R, D]``). Arrays read into memory are kept on the split
+    (:meth:`featvlr.store.StoreSplit.load_in_memory`), so the runs of an ablation in one
+    process read them once; an array already there is used as is, whatever ``placement``."""
+    if placement in ("memory", "device") and hasattr(split, "load_in_memory"):
+        split.load_in_memory((key,))  # kept on the split: later runs in this process share it
     memory = getattr(split, "_memory", {})
     ds = memory[key] if key in memory else split.store.dataset(key)
     shape = tuple(ds.shape)
