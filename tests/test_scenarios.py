@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from featvlr.errors import FeatvlrError
+from featvlr.methods.base import FeatureDims, Method
 from featvlr.metrics import composed_recall, cross_modal_recall
 from featvlr.scenarios import (
     cirr_submission,
@@ -247,13 +248,13 @@ def test_cirr_submission_small_gallery_never_lists_the_reference():
 # methods over a cache split
 
 
-class MeanMethod(torch.nn.Module):
+class MeanMethod(Method):
     """Mean-pooled regions / tokens; pairwise variant scores the same means by ``score``."""
 
     task = "cross_modal"
 
     def __init__(self, pairwise=False):
-        super().__init__()
+        super().__init__(None, None, FeatureDims())
         self.pairwise = pairwise
         self.w = torch.nn.Linear(1, 1)
 
@@ -323,14 +324,14 @@ def test_r_mean_matches_definition():
 # composed methods over a cache split
 
 
-class SumComposer(torch.nn.Module):
+class SumComposer(Method):
     """Query = reference global feature + modifier text vector; gallery = global feature."""
 
     task = "composed"
     pairwise = False
 
     def __init__(self):
-        super().__init__()
+        super().__init__(None, None, FeatureDims())
         self.w = torch.nn.Linear(1, 1)
 
     def encode_queries(self, b):

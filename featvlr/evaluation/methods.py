@@ -34,13 +34,6 @@ def pairwise_score_fn(method: Any, images: Any, texts: Any) -> Callable[[torch.T
     return score
 
 
-def _shortlist_plan(method: Any, images: Any, texts: Any) -> dict[str, Any] | None:
-    """The method's ``shortlist_plan(images, texts)`` (the ``Method`` hook; None: no plan).
-    An object outside the contract without the hook has no plan."""
-    hook = getattr(method, "shortlist_plan", None)
-    return hook(images, texts) if hook is not None else None
-
-
 def evaluate_cross_modal_method(method: Any, split: Any, scenarios: str | Sequence[str] | None = None,
                                 options: EvalOptions | None = None, *, device: str | torch.device = "cpu",
                                 curves: dict[str, list[float]] | None = None) -> dict[str, float]:
@@ -63,7 +56,7 @@ def evaluate_cross_modal_method(method: Any, split: Any, scenarios: str | Sequen
     common: dict[str, Any] = dict(ks=opts.ks, ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=teran,
                                   t2t_without_siblings=opts.t2t_without_siblings, backend=opts.backend,
                                   faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements, curves=curves)
-    plan = _shortlist_plan(method, images, texts)
+    plan = method.shortlist_plan(images, texts)
     if plan is not None:
         if plan.get("shortlist") is not None and chosen is None:
             chosen = list(CROSS_MODAL)

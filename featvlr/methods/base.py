@@ -13,12 +13,22 @@ Evaluation (``task = "cross_modal"``): ``encode_images(batch)`` and ``encode_tex
 return ``[B, d]`` L2-normalised embeddings scored by dot product. A token-level method sets
 ``pairwise = True``: its encoders may return a dict of tensors (padded token features and
 masks, concatenated along dim 0 by the evaluator) and ``score(images, texts)`` gives the
-``[n_img, n_txt]`` block of scores of two such dicts.
+``[n_img, n_txt]`` block of scores of two such dicts. ``shortlist_plan(images, texts)``
+chooses global search then local re-ranking (GLS).
+
+Stages: ``stages(config, run_dir)`` declares prerequisite runs (GLS's stage 1, RVLR's
+teacher) that the trainer trains, resumes or reuses first; ``prepare(config, run_dir)`` then
+resolves the config to point at them. Methods never import the trainer.
+
+The task (``cross_modal`` or ``composed``, :mod:`featvlr.tasks`) builds the batches, checks
+the splits and runs the evaluation; ``ddp_options()`` gives the method's
+``DistributedDataParallel`` arguments.
 
 Evaluation (``task = "composed"``): ``encode_queries(batch)`` embeds (reference, modifier)
 queries and ``encode_images(batch)`` the gallery.
 
-Cross-modal batches (built by :mod:`featvlr.data`), one item per caption in training:
+Cross-modal batches (built by :mod:`featvlr.data.captions`: float32 on the training device),
+one item per caption in training:
 
 ================  ===================  ====================================================
 key               shape / dtype        meaning
@@ -149,3 +159,14 @@ class Method(nn.Module):
     def score(self, images: Any, texts: Any) -> torch.Tensor:
         """``[n_img, n_txt]`` scores of two blocks of encoder outputs (pairwise methods)."""
         return images @ texts.t()
+
+    def shortlist_plan(self, images: Any, texts: Any) -> dict[str, Any] | None:
+        """How the evaluator ranks the encoders' outputs of a whole split (``None`` by default:
+        dot products of global embeddings, or :meth:`score` block by block when ``pairwise``).
+
+        A method with a cheap global score and an expensive local one (GLS) returns
+        ``{"images": [N, d], "texts": [T, d]}`` global embeddings, optionally with
+        ``"shortlist": (k_i2t, k_t2i)`` and ``"rerank_fn"``: every query's top-k by the global
+        score is re-scored by ``rerank_fn(queries, candidates, queries=...)`` and re-ranked.
+        """
+        return None

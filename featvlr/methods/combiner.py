@@ -9,7 +9,7 @@ Gallery: ``normalize(I)``, the frozen global image features. Loss:
 ``CE(100 q normalize(y)^T, arange(B))``, in-batch over the global batch, query -> target,
 mean. The scale is fixed at 100 unless ``loss.learnable_scale``.
 
-Batches are built by :mod:`featvlr.data_composed` (keys ``reference_image``,
+Batches are built by :mod:`featvlr.data.composed` (keys ``reference_image``,
 ``pooled_text``, ``target_image``, ``target_ids``; see there). When the text features and
 the image features differ in size (e.g. CLIP images with sentence-transformers texts) a
 learned ``Linear(Dt -> Dg)`` maps the text into the image space first (``model.text_adapter``;

@@ -21,7 +21,7 @@ Two stages, one command:
   stage-2 tokens. Stage 1 gets no gradient and stays in eval mode.
 
 ``featvlr train`` with ``model.stage: 2`` and ``model.stage1: ""`` first trains stage 1 as
-its own run in ``<run>/stage1`` (the :meth:`GLS.prepare` hook), then stage 2 on top of it;
+its own run in ``<run>/stage1`` (declared by :meth:`GLS.stages`), then stage 2 on top of it;
 ``model.stage1: <run folder or .pt>`` starts stage 2 from an existing stage-1 run;
 ``model.stage: 1`` trains stage 1 alone.
 
@@ -37,7 +37,7 @@ global vectors) in three modes, ``model.eval_mode``:
   shortlist is a **miss** (it takes the last rank, so medr/meanr count it as such); the
   reference code counts it as rank 0 (an R@1 hit), which inflates its GL numbers.
 
-The evaluator (:func:`featvlr.scenarios.evaluate_method`) asks :meth:`GLS.shortlist_plan`
+The evaluator (:func:`featvlr.evaluation.methods.evaluate_cross_modal_method`) asks :meth:`GLS.shortlist_plan`
 which of the three to run; ``L`` goes through :meth:`GLS.score` block by block, ``GL``
 through :meth:`GLS.rerank_fn` (the shortlisted pairs, grouped by image).
 

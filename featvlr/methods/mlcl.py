@@ -17,7 +17,7 @@ Loss (:class:`~featvlr.losses.mlcl.MultiLevelContrastiveLoss`): mCCL
 Augmented reference (SSCL). ``loss.aug_source``:
 
 - ``"cache"``: one of the K precomputed views ``images/<split>/global_aug`` per reference,
-  drawn per step by :class:`featvlr.data_composed.ComposedBatches` (seeded by seed, epoch,
+  drawn per step by :class:`featvlr.data.composed.ComposedBatches` (seeded by seed, epoch,
   batch and rank) and passed as ``reference_aug``; an error when the cache has none;
 - ``"feature"``: a feature-space view made here from the frozen reference feature,
   ``I_aug = dropout(I, aug_dropout) + aug_noise * rms(I) * eps`` (inverted dropout, so

@@ -44,6 +44,8 @@ class Task:
                  ) -> dict[str, float]:
         """Flat metrics of ``method`` (in eval mode, under ``no_grad``) on ``split``.
 
+        ``cfg`` is a run's :class:`~featvlr.config.Config` or the
+        :class:`~featvlr.evaluation.options.EvalOptions` of ``featvlr eval``.
         ``final``: the test-time protocol (every fold, TERAN NDCG); otherwise the cheap dev one.
         ``curves`` is filled with Recall@K curves; ``submission_dir`` receives test-server files.
         """
