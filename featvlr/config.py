@@ -2,8 +2,9 @@
 
 A config has shared sections (``data``, ``train``, ``eval``) and two method-specific ones
 (``model``, ``loss``) whose schema is the chosen method's ``ModelOptions`` / ``LossOptions``
-dataclass. Unknown keys and values of the wrong type are errors that name the key and
-suggest the closest valid one.
+dataclass. Unknown keys, values of the wrong type and values outside a field's range or choices
+(declared on the field with :mod:`featvlr.schema`) are errors that name the key, where the
+value came from (the file, or ``--set``) and, for a misspelt key, the closest valid one.
 
 Example::
 
@@ -24,6 +25,11 @@ import yaml
 
 from featvlr.errors import ConfigError, InputError
 from featvlr.fileio import atomic_write_text
+from featvlr.schema import check_value, choice, number, rule_of
+
+
+# Scenario names (featvlr.evaluation.options.SCENARIOS, which sits above the config).
+SCENARIO_NAMES = ("i2t", "t2i", "i2i", "t2t", "i2it", "t2it", "composed")
 
 
 @dataclass
@@ -39,36 +45,37 @@ class DataConfig:
     # Build the built-in demo dataset at `cache` first when it does not exist.
     build_demo: bool = False
     # VSE-infinity region dropout probability during training (0 disables it).
-    region_dropout: float = 0.2
+    region_dropout: float = number(0.2, min=0, below=1)
     # Keep the training split on the GPU: "auto" (when it takes at most half its free
     # memory), "yes" or "no". Batches are then gathered there, with no host work per step.
-    on_device: str = "auto"
+    on_device: str = choice("auto", "auto", "yes", "no")
     # Otherwise read it into RAM: "auto" (when it takes at most half the available memory),
     # "yes" or "no" (rows are read from a memory map of the cache, at page-cache speed).
-    in_memory: str = "auto"
+    in_memory: str = choice("auto", "auto", "yes", "no")
     # Batches built ahead of the step in a background thread (0: built in the loop).
-    prefetch: int = 2
+    prefetch: int = number(2, min=0)
     # Truncate token sequences to this many tokens (0 keeps all).
-    max_tokens: int = 0
+    max_tokens: int = number(0, min=0)
 
 
 @dataclass
 class TrainConfig:
     """Optimiser, schedule, checkpointing and logging."""
 
-    epochs: int = 25
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
+    epochs: int = number(25, min=1)
+    batch_size: int = number(128, min=2)
+    lr: float = number(5e-4, above=0)
+    weight_decay: float = number(1e-4, min=0)
     # "step" (lr x lr_gamma at each epoch in lr_steps), "cosine" or "constant".
-    schedule: str = "step"
-    lr_steps: list[int] = field(default_factory=lambda: [15])
-    lr_gamma: float = 0.1
-    warmup_steps: int = 0
-    grad_clip: float = 2.0
+    schedule: str = choice("step", "step", "cosine", "constant")
+    lr_steps: list[int] = number(lambda: [15], min=0)
+    lr_gamma: float = number(0.1, above=0)
+    warmup_steps: int = number(0, min=0)
+    # Largest gradient norm (0: no clipping).
+    grad_clip: float = number(2.0, min=0)
     # Automatic mixed precision (bf16/fp16 autocast); used on CUDA only.
     amp: bool = True
-    seed: int = 0
+    seed: int = number(0, min=0)
     # "auto" picks CUDA when present, else CPU.
     device: str = "auto"
     compile: bool = False
@@ -77,10 +84,11 @@ class TrainConfig:
     allow_test_selection: bool = False
     # Metric (a key of the evaluation results) that chooses best.pt; higher is better.
     select_metric: str = "rsum"
-    eval_every: int = 1
+    # Evaluate on the select split every this many epochs (0: never; best.pt is then the last epoch).
+    eval_every: int = number(1, min=0)
     # Cap on optimiser steps per epoch (0: the whole split); for quick ablations.
-    max_steps_per_epoch: int = 0
-    log_every: int = 20
+    max_steps_per_epoch: int = number(0, min=0)
+    log_every: int = number(20, min=1)
     tensorboard: bool = False
     progress: bool = True
 
@@ -89,16 +97,16 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation protocol."""
 
-    scenarios: list[str] = field(default_factory=lambda: ["i2t", "t2i", "i2i", "t2t", "i2it", "t2it"])
+    scenarios: list[str] = choice(lambda: ["i2t", "t2i", "i2i", "t2t", "i2it", "t2it"], *SCENARIO_NAMES, each=True)
     # COCO 1K: 5 folds of 1000 images averaged (reported next to 5K when dataset is coco).
-    folds: int = 1
-    ndcg_ks: list[int] = field(default_factory=lambda: [10, 20, 50])
-    ndcg_exp_k: int = 25
-    batch_size: int = 512
+    folds: int = number(1, min=1)
+    ndcg_ks: list[int] = number(lambda: [10, 20, 50], min=1)
+    ndcg_exp_k: int = number(25, min=1)
+    batch_size: int = number(512, min=1)
     # Largest number of query x gallery scores held at once by the chunked ranker.
-    chunk_elements: int = 50_000_000
+    chunk_elements: int = number(50_000_000, min=1)
     # Scenarios evaluated on the dev split each epoch (cheap: cross-modal only by default).
-    dev_scenarios: list[str] = field(default_factory=lambda: ["i2t", "t2i"])
+    dev_scenarios: list[str] = choice(lambda: ["i2t", "t2i"], *SCENARIO_NAMES, each=True)
 
 
 @dataclass
@@ -187,15 +195,25 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Instantiate ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    """Instantiate ``cls`` from a dict, rejecting unknown keys, wrong types and values outside
+    a field's declared range or choices (:mod:`featvlr.schema`)."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (values or {}).items():
         path = f"{where}.{key}" if where else key
-        if key not in names:
-            raise ConfigError(f"unknown config key {path!r}{_suggest(key, names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path!r}{_suggest(key, list(fields))}", key=path)
+        rule = rule_of(fields[key])
+        if rule is not None and isinstance(value, bool) and {"yes", "no"} <= set(rule.choices):
+            value = "yes" if value else "no"  # YAML reads yes/no (and on/off) as booleans
+        try:
+            kwargs[key] = _coerce(value, hints[key], path)
+        except ConfigError as exc:
+            exc.key = exc.key or path
+            raise
+        if rule is not None:
+            check_value(kwargs[key], rule, path, lambda message: ConfigError(message, key=path))
     return cls(**kwargs)
 
 
@@ -207,7 +225,7 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
         if nxt is None:
             nxt = cur[part] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section", key=dotted)
         cur = nxt
     cur[parts[-1]] = value
 
@@ -235,11 +253,14 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     top = [f.name for f in dataclasses.fields(Config)]
     for key in raw:
         if key not in top:
-            raise ConfigError(f"unknown config key {key!r}{_suggest(key, top)}")
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, top)}", key=key)
     method_name = raw.get("method", "vse")
     if not isinstance(method_name, str):
-        raise ConfigError(f"method: expected a name, got {method_name!r}")
-    method = get_method(method_name)
+        raise ConfigError(f"method: expected a name, got {method_name!r}", key="method")
+    try:
+        method = get_method(method_name)
+    except ConfigError as exc:
+        raise ConfigError(f"method: {exc}", key="method") from None
     return Config(
         method=method_name,
         name=_coerce(raw.get("name", ""), str, "name"),
@@ -268,18 +289,29 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate."""
+    """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate.
+
+    An error names where the bad value came from: ``--set train.lr: ...`` for an override,
+    ``<file>: train.lr: ...`` for a value of the file.
+    """
     raw = dict(base or {})
     if path is not None:
         raw.update(read_yaml(path))
+    given: list[str] = []
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(raw, key, value)
+        given.append(key)
     try:
         return config_from_dict(raw)
     except ConfigError as exc:
+        key = exc.key or ""
+        if key and any(key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".") for k in given):
+            message = str(exc)
+            raise ConfigError(f"--set {message}" if message.startswith(key) else f"--set {key}: {message}",
+                              key=key) from None
         if path is not None:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {exc}", key=key or None) from None
         raise
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
+from featvlr.schema import choice, number
 from featvlr.losses.mlcl import ComposedContrastiveLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.registry import register_method
@@ -36,11 +37,11 @@ class ComposedModelOptions:
     """Model options of every Combiner-based composed method (``combiner``, ``mlcl``)."""
 
     # Combiner widths; 0 picks CLIP4Cir's ratios to the image feature size d (4 d and 8 d).
-    projection_dim: int = 0
-    hidden_dim: int = 0
-    dropout: float = 0.5
+    projection_dim: int = number(0, min=0)
+    hidden_dim: int = number(0, min=0)
+    dropout: float = number(0.5, min=0, below=1)
     # Text -> image-space map: "auto" (identity when the sizes agree, else linear), "linear", "none".
-    text_adapter: str = "auto"
+    text_adapter: str = choice("auto", "auto", "linear", "none")
     # L2-normalise the frozen reference/text features before the Combiner (CLIP4Cir: off).
     normalize_inputs: bool = False
 
@@ -53,7 +54,7 @@ class CombinerModelOptions(ComposedModelOptions):
 @dataclass
 class CombinerLossOptions:
     # Logit scale of the in-batch cross-entropy (CLIP4Cir: fixed 100).
-    scale: float = 100.0
+    scale: float = number(100.0, above=0)
     learnable_scale: bool = False
     # Repeated targets in a batch are not negatives of each other (off: the papers' arange CE).
     mask_duplicate_targets: bool = False

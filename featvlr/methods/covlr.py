@@ -95,6 +95,7 @@ from torch.func import functional_call
 from featvlr import distributed as dist_utils
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
+from featvlr.schema import choice, number
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
@@ -125,9 +126,9 @@ class CoVLRLossOptions(VSELossOptions):
     """``vse``'s cross-modal loss options plus the meta-learning step."""
 
     # Weight of the meta-test loss in the outer objective (0: plain vse).
-    beta: float = 1.0
+    beta: float = number(1.0, min=0)
     # Step size of the virtual SGD step theta' = theta - alpha * grad L_cm.
-    alpha: float = 1.0e-3
+    alpha: float = number(1.0e-3, min=0)
     # Detach the inner gradient (no second-order term).
     first_order: bool = False
     # Which parameters take the virtual step: "all" (every tower parameter), "heads" (the
@@ -136,21 +137,21 @@ class CoVLRLossOptions(VSELossOptions):
     virtual_params: list[str] = field(default_factory=lambda: ["all"])
     # "same": meta-test on the meta-train batch; "split": first half meta-train, second half
     # meta-test.
-    meta_test_batch: str = "same"
+    meta_test_batch: str = choice("same", *META_TEST_BATCHES)
     # Modalities whose intra-modal structure is preserved, and their weights in L_mt.
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
-    image_weight: float = 1.0
-    text_weight: float = 1.0
+    modalities: list[str] = choice(lambda: ["image", "text"], *MODALITIES, each=True)
+    image_weight: float = number(1.0, min=0)
+    text_weight: float = number(1.0, min=0)
     # Relation matrices: "cosine", "dot" or "euclidean"; matched by "kl" (rows softmax-
     # normalised, KL(reference || student)), "mse" or "mae"; both divided by the temperature.
-    relation: str = "cosine"
-    match: str = "kl"
-    structure_temperature: float = 0.05
+    relation: str = choice("cosine", *RELATIONS)
+    match: str = choice("kl", *MATCHES)
+    structure_temperature: float = number(0.05, above=0)
     # Reference features: "features" (pooled_text for texts; image_feature for images) or a
     # featvlr run folder / checkpoint whose embeddings are the reference (a teacher run).
     reference: str = "features"
     # Image reference when reference = "features": "mean_regions" or "global" (global_image).
-    image_feature: str = "mean_regions"
+    image_feature: str = choice("mean_regions", "mean_regions", "global")
     # Count every image once in the image relation matrix (batches hold captions, so an image
     # with two captions in the batch would appear twice).
     dedupe_images: bool = True
@@ -161,7 +162,7 @@ class CoVLRLossOptions(VSELossOptions):
     # DDP: sum the ranks' shares of the inner gradient (exact global virtual step).
     sync_inner_grad: bool = True
     # Under float16 autocast: scale of the inner loss before its gradient (unscaled after).
-    inner_loss_scale: float = 1024.0
+    inner_loss_scale: float = number(1024.0, above=0)
 
 
 class _Towers(nn.Module):

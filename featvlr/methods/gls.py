@@ -73,6 +73,7 @@ from torch import nn
 from featvlr import distributed as dist_utils
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError, InputError
+from featvlr.schema import choice, number
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.methods.options import HingeOptions
@@ -94,49 +95,49 @@ STAGE1_ARCH = ("embed_dim", "layers", "heads", "ff_dim", "image_head", "image_sl
 @dataclass
 class GLSModelOptions:
     # 1: train the TERAN stage alone; 2: train the global stage on a frozen stage 1.
-    stage: int = 2
+    stage: int = number(2, min=1, max=2)
     # Stage 2: run folder or checkpoint of a trained stage 1; "" trains one first into <run>/stage1.
     stage1: str = ""
     # Epochs of the stage-1 run that stage 2 trains first (0: train.epochs).
-    stage1_epochs: int = 0
-    embed_dim: int = 1024
-    layers: int = 2
-    heads: int = 4
-    ff_dim: int = 2048
-    dropout: float = 0.1
+    stage1_epochs: int = number(0, min=0)
+    embed_dim: int = number(1024, min=1)
+    layers: int = number(2, min=1)
+    heads: int = number(4, min=1)
+    ff_dim: int = number(2048, min=1)
+    dropout: float = number(0.1, min=0, below=1)
     # Region projection: "linear" (TERAN's img_proj) or "mlp" (Linear + MLP, VSE-infinity).
-    image_head: str = "linear"
+    image_head: str = choice("linear", "linear", "mlp")
     # Image slot 0: "zero" (TERAN's zero region) or "mean" (the mean of the regions).
-    image_slot0: str = "zero"
+    image_slot0: str = choice("zero", "zero", "mean")
     # Key-padding mask in the stage-2 transformers (the reference code has none).
     stage2_padding_mask: bool = True
     # Global embedding: stage-2 output at position 0 ("first", TGDT) or the mean of its outputs.
-    global_token: str = "first"
-    alignment_mode: str = "MrSw"
+    global_token: str = choice("first", "first", "mean")
+    alignment_mode: str = choice("MrSw", *ALIGNMENT_MODES)
     # TERAN drops the last wordpiece before [SEP] (usually the final period); off keeps it.
     drop_last_wordpiece: bool = True
     # Evaluation: "G" (global), "L" (local for every pair) or "GL" (global shortlist, local re-rank).
-    eval_mode: str = "GL"
-    shortlist_i2t: int = 50
-    shortlist_t2i: int = 100
+    eval_mode: str = choice("GL", *EVAL_MODES)
+    shortlist_i2t: int = number(50, min=1)
+    shortlist_t2i: int = number(100, min=1)
     # Test-time score: local_scale * alignment (+ global_weight * global in GL). TGDT: 10 and 1.
-    local_scale: float = 10.0
-    global_weight: float = 1.0
+    local_scale: float = number(10.0, min=0)
+    global_weight: float = number(1.0, min=0)
     # Largest alignment tensor [images, regions, texts, words] built at once.
-    max_alignment_elements: int = 1 << 26
+    max_alignment_elements: int = number(1 << 26, min=1)
 
 
 @dataclass
 class GLSLossOptions(HingeOptions):
     # Epochs summing over negatives before the hardest negative (0: hardest from the start, as TERAN/TGDT).
-    warmup_epochs: int = 0
+    warmup_epochs: int = number(0, min=0)
     # Stage 1: hinge on stage1_scale * alignment (TERAN: 1).
-    stage1_scale: float = 1.0
+    stage1_scale: float = number(1.0, above=0)
     # Stage 2: CMC on the globals + alignment_weight * hinge on stage2_scale * alignment (TGDT: 1, 10).
-    intra_margin: float = 0.3
-    intra_weight: float = 1.0
-    alignment_weight: float = 1.0
-    stage2_scale: float = 10.0
+    intra_margin: float = number(0.3, min=0)
+    intra_weight: float = number(1.0, min=0)
+    alignment_weight: float = number(1.0, min=0)
+    stage2_scale: float = number(10.0, above=0)
 
 
 def token_transformer(opts: GLSModelOptions) -> nn.TransformerEncoder:

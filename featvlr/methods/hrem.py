@@ -61,6 +61,7 @@ from torch import nn
 
 from featvlr import distributed as dist_utils
 from featvlr.errors import ConfigError
+from featvlr.schema import choice, number
 from featvlr.losses.hinge import HingeLoss
 from featvlr.losses.relevance_kl import RelevanceKLLoss
 from featvlr.losses.triplet import DistanceWeightedTripletLoss
@@ -74,34 +75,34 @@ from featvlr.modules.relation import FRAGMENT_PADDING, InstanceRelation
 
 @dataclass
 class HREMModelOptions:
-    embed_dim: int = 1024
+    embed_dim: int = number(1024, min=1)
     # BatchNorm statistics of the region MLP over padded regions too (the reference).
     bn_over_padding: bool = True
     # Text projection: "linear" (the reference, over BERT tokens) or "mlp" (Linear + MLP).
-    text_head: str = "linear"
+    text_head: str = choice("linear", "linear", "mlp")
     # Fragment level: pooled = w * max-2 + (1 - w) * mean(transformer(tokens)).
-    residual_weight: float = 0.8
-    fragment_heads: int = 16
-    fragment_layers: int = 1
-    dropout: float = 0.1
+    residual_weight: float = number(0.8, min=0, max=1)
+    fragment_heads: int = number(16, min=1)
+    fragment_layers: int = number(1, min=1)
+    dropout: float = number(0.1, min=0, below=1)
     # Instance level (training only): the relation transformer over the 2B batch embeddings.
-    graph_layers: int = 1
-    graph_heads: int = 16
-    graph_dropout: float = 0.1
+    graph_layers: int = number(1, min=1)
+    graph_heads: int = number(16, min=1)
+    graph_dropout: float = number(0.1, min=0, below=1)
     # Top-k fragment scores fed to the relevance MLPs; connections keep the top `threshold` of a row.
-    topk: int = 10
-    threshold: float = 0.5
+    topk: int = number(10, min=1)
+    threshold: float = number(0.5, min=0, max=1)
     # Intra-modal relevance exp(-distance / sigma).
-    sigma: float = 1.0
+    sigma: float = number(1.0, above=0)
     # Scale of the relevance inside the attention mask (1.0 F30K, 1.5 COCO).
-    mask_weight: float = 1.0
+    mask_weight: float = number(1.0, min=0)
     # "paper" (padding slots enter the fragment max / mean / top-k, as the reference) or "masked"
     # (valid fragments only). "paper" scored higher on the demo's dev split (3 seeds).
-    fragment_padding: str = "paper"
+    fragment_padding: str = choice("paper", "paper", "masked")
     # Largest [captions, images, words, regions] block of the fragment similarity held at once.
-    chunk_elements: int = 33554432
+    chunk_elements: int = number(33554432, min=1)
     # Learning-rate factor of the relation module's parameter group.
-    graph_lr_factor: float = 1.0
+    graph_lr_factor: float = number(1.0, min=0)
     # Weight decay on every parameter, biases and norms included (the reference's AdamW).
     decay_all: bool = True
 
@@ -109,26 +110,26 @@ class HREMModelOptions:
 @dataclass
 class HREMLossOptions(HingeOptions):
     # Loss of the initial embeddings and of the relation-enhanced ones: "triplet" or "hinge".
-    base: str = "triplet"
-    graph: str = "triplet"
+    base: str = choice("triplet", "triplet", "hinge")
+    graph: str = choice("triplet", "triplet", "hinge")
     # Distance-weighted sampling: negatives at distance >= cutoff are never drawn (1.7 F30K, 1.9 COCO).
-    cutoff: float = 1.7
+    cutoff: float = number(1.7, above=0)
     # The n of the sphere distance density (the reference keeps 512) and the distance clamp.
-    n_dim: float = 512.0
-    min_dist: float = 0.5
+    n_dim: float = number(512.0, above=0)
+    min_dist: float = number(0.5, min=0)
     # Anchors without a negative below the cutoff: "skip" them, or "zero" the direction (the reference).
-    on_empty: str = "skip"
+    on_empty: str = choice("skip", "skip", "zero")
     # Normalise sampling log-weights over samplable negatives only; false: the reference, where one
     # negative far beyond the cutoff underflows its row's weights to 0 (then nothing is sampled).
     stable_weights: bool = True
     # Optimiser steps with the base loss only, before the relation module is switched on.
-    graph_warmup_steps: int = 8000
+    graph_warmup_steps: int = number(8000, min=0)
     # Add L(v, t^) and L(v^, t) to L(v^, t^).
     cross_terms: bool = True
-    reg_weight: float = 10.0
-    kl_temperature: float = 1.0
+    reg_weight: float = number(10.0, min=0)
+    kl_temperature: float = number(1.0, above=0)
     # Hinge only: epochs summing over negatives before the hardest negative.
-    hinge_warmup_epochs: int = 1
+    hinge_warmup_epochs: int = number(1, min=0)
 
 
 def _pad_length(x: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

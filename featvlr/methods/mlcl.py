@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
+from featvlr.schema import choice, number
 from featvlr.losses.mlcl import MultiLevelContrastiveLoss
 from featvlr.methods.base import FeatureDims, StepState
 from featvlr.methods.combiner import ComposedMethod, ComposedModelOptions
@@ -63,30 +64,30 @@ AUG_SOURCES = ("auto", "cache", "feature")
 @dataclass
 class MLCLModelOptions(ComposedModelOptions):
     # Branch weight w = 2 sigmoid(b), b initialised to log(branch_init) (0.5: w = 2/3).
-    branch_init: float = 0.5
+    branch_init: float = number(0.5, above=0, below=1)
     # Learning rate of b (the reference code's second Adam group: 1e-3).
-    branch_lr: float = 1.0e-3
+    branch_lr: float = number(1.0e-3, min=0)
     # Inference query: "matched" (training weights), "swapped" (reference code) or "equal".
-    inference_weighting: str = "matched"
+    inference_weighting: str = choice("matched", *INFERENCE_WEIGHTINGS)
 
 
 @dataclass
 class MLCLLossOptions:
     # Initial value of both logit scales; learnable (reference code learn_t=1) or fixed.
-    scale: float = 100.0
+    scale: float = number(100.0, above=0)
     learnable_scale: bool = True
     # Clamp the learned scales at this value (0: unclamped, as in the reference code).
-    max_scale: float = 0.0
+    max_scale: float = number(0.0, min=0)
     # Weight of the parameter-free low-level (I + T) term and of both SSCL terms.
-    low_weight: float = 1.0
-    sscl_weight: float = 1.0
+    low_weight: float = number(1.0, min=0)
+    sscl_weight: float = number(1.0, min=0)
     # Repeated targets in a batch are not negatives of each other (off: the paper's arange CE).
     mask_duplicate_targets: bool = False
     # Where the augmented reference comes from: "auto", "cache" or "feature".
-    aug_source: str = "auto"
+    aug_source: str = choice("auto", *AUG_SOURCES)
     # Feature-space fallback view: inverted-dropout probability and relative Gaussian noise.
-    aug_dropout: float = 0.1
-    aug_noise: float = 0.1
+    aug_dropout: float = number(0.1, min=0, below=1)
+    aug_noise: float = number(0.1, min=0)
 
 
 def feature_space_view(x: torch.Tensor, *, dropout: float, noise: float) -> torch.Tensor:

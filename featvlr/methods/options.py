@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from featvlr.schema import number
+
 
 @dataclass
 class HingeOptions:
@@ -14,7 +16,7 @@ class HingeOptions:
     ``hinge_warmup_epochs`` in ``hrem``).
     """
 
-    margin: float = 0.2
+    margin: float = number(0.2, min=0)
     # The hardest negative per positive pair (VSE++) after the warm-up; false: sum over negatives.
     max_violation: bool = True
     # Captions of the same image are not negatives (off reproduces VSE++, TERAN and TGDT).

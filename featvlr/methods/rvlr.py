@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from featvlr import distributed as dist_utils
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
+from featvlr.schema import choice, number
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
@@ -82,15 +83,15 @@ class RVLRModelOptions(VSEModelOptions):
     # "features" (the cached uni-modal features), or a run folder / .pt of an earlier run.
     teacher: str = ""
     # Which checkpoint of a teacher run: "best" or "last".
-    teacher_checkpoint: str = "best"
+    teacher_checkpoint: str = choice("best", "best", "last")
     # Image teacher of `features`: "regions" (mean of the valid regions) or "global".
-    teacher_image: str = "regions"
+    teacher_image: str = choice("regions", *IMAGE_SOURCES)
     # Start the student from the teacher run's encoder weights (the paper's stage 2 loads
     # the stage-1 checkpoint); needs a teacher run with the same encoders.
     init_from_teacher: bool = True
     # Filled in by the prepare step: the teacher cache file and its embedding size.
     teacher_cache: str = ""
-    teacher_dim: int = 0
+    teacher_dim: int = number(0, min=0)
 
 
 @dataclass
@@ -100,25 +101,25 @@ class RVLRLossOptions(VSELossOptions):
     # Reduction of the distillation terms over the batch: "mean" (the paper's, next to its
     # mean ITC), "sum" (x global batch size, to keep the paper's balance next to the hinge,
     # which sums over the batch), or "auto" (sum with the hinge, mean with InfoNCE).
-    reduction: str = "auto"
+    reduction: str = choice("auto", "auto", "mean", "sum")
     # Weights (the paper's a, c, d, e, f, g = 1, 1, 2, 2, 1, 1; its ITM weight b has no term here).
-    contrastive_weight: float = 1.0
-    image_distill_weight: float = 1.0
-    text_distill_weight: float = 2.0
-    structure_weight: float = 2.0
-    image_mixture_weight: float = 1.0
-    text_mixture_weight: float = 1.0
+    contrastive_weight: float = number(1.0, min=0)
+    image_distill_weight: float = number(1.0, min=0)
+    text_distill_weight: float = number(2.0, min=0)
+    structure_weight: float = number(2.0, min=0)
+    image_mixture_weight: float = number(1.0, min=0)
+    text_mixture_weight: float = number(1.0, min=0)
     # Representation distillation temperature (own, learnable, clamped to [0.01, 0.5]).
-    distill_temperature: float = 0.07
+    distill_temperature: float = number(0.07, above=0)
     learnable_distill_temperature: bool = True
     # Structure distillation: student relation ("text", "image", "both"), distance
     # ("mae", "mse", "wd"), relation temperature tau2, lambda.
-    relation: str = "both"
-    distance: str = "mae"
-    structure_temperature: float = 0.07
+    relation: str = choice("both", *RELATIONS)
+    distance: str = choice("mae", *DISTANCES)
+    structure_temperature: float = number(0.07, above=0)
     learnable_structure_temperature: bool = False
-    structure_temperature_max: float = 1.0
-    init_lambda: float = 0.5
+    structure_temperature_max: float = number(1.0, above=0)
+    init_lambda: float = number(0.5, above=0, below=1)
     learnable_lambda: bool = True
 
 

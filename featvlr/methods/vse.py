@@ -19,6 +19,7 @@ from torch import nn
 
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError, FeatvlrError
+from featvlr.schema import choice, number
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.encoders import TowerEncoders
@@ -29,22 +30,22 @@ from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean
 
 @dataclass
 class VSEModelOptions:
-    embed_dim: int = 1024
+    embed_dim: int = number(1024, min=1)
     # Pooling of projected tokens: "gpo" (VSE-infinity), "mean", "max" or "max2".
-    pooling: str = "gpo"
+    pooling: str = choice("gpo", "gpo", "mean", "max", "max2")
     # BatchNorm statistics over padded regions too (the peer code's behaviour).
     bn_over_padding: bool = True
     # Text projection: "linear" (VSE-infinity over BERT tokens) or "mlp" (Linear + MLP like images).
-    text_head: str = "linear"
+    text_head: str = choice("linear", "linear", "mlp")
 
 
 @dataclass
 class VSELossOptions(HingeOptions):
     # "hinge" (VSE++) or "infonce" (soft image-id targets, learnable clamped temperature).
-    kind: str = "hinge"
+    kind: str = choice("hinge", "hinge", "infonce")
     # Hinge: sum over negatives for this many epochs, then the hardest negative.
-    warmup_epochs: int = 1
-    temperature: float = 0.07
+    warmup_epochs: int = number(1, min=0)
+    temperature: float = number(0.07, above=0)
     learnable_temperature: bool = True
 
 

@@ -1,0 +1,100 @@
+"""Ranges and choices of config fields, declared where the field is (dataclass field metadata).
+
+The config dataclasses (:mod:`featvlr.config`) and every method's ``ModelOptions`` /
+``LossOptions`` declare what values a field takes; :func:`featvlr.config.build_dataclass`
+checks them when a config is loaded, so a bad value is refused before any work starts,
+with the key and where it came from. Methods do not check their own options again.
+
+Example::
+
+    @dataclass
+    class MyLossOptions:
+        margin: float = number(0.2, min=0)
+        kind: str = choice("hinge", "hinge", "infonce")
+        modalities: list[str] = choice(lambda: ["image"], "image", "text", each=True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+# The metadata key that holds a field's :class:`Rule`.
+RULE = "featvlr_rule"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What values a field accepts: ``choices`` (strings), or a number range. ``min_open``
+    and ``max_open`` exclude the end itself. For a list field every item is checked, and
+    ``nonempty`` refuses an empty list."""
+
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    nonempty: bool = False
+
+    def describe(self) -> str:
+        """The accepted values in words, e.g. ``one of step, cosine, constant`` or ``> 0``."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        low = None if self.min is None else f"{'>' if self.min_open else '>='} {_num(self.min)}"
+        high = None if self.max is None else f"{'<' if self.max_open else '<='} {_num(self.max)}"
+        if low and high:
+            return f"{low} and {high}"
+        return low or high or "any value"
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.min is not None and (value < self.min or (self.min_open and value == self.min)):
+            return False
+        if self.max is not None and (value > self.max or (self.max_open and value == self.max)):
+            return False
+        return True
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _field(default: Any, rule: Rule) -> Any:
+    meta = {RULE: rule}
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def number(default: Any, *, min: float | None = None, max: float | None = None, above: float | None = None,
+           below: float | None = None) -> Any:
+    """A numeric field in a range: ``min``/``max`` inclusive, ``above``/``below`` exclusive.
+    A callable ``default`` is a default factory (a list of numbers, each checked)."""
+    return _field(default, Rule(min=above if above is not None else min, max=below if below is not None else max,
+                                min_open=above is not None, max_open=below is not None))
+
+
+def choice(default: Any, *choices: str, each: bool = False) -> Any:
+    """A string field that takes one of ``choices`` (for a list field, ``each=True``: every
+    item does, and the list is not empty). A callable ``default`` is a default factory."""
+    return _field(default, Rule(choices=tuple(choices), nonempty=each))
+
+
+def rule_of(f: dataclasses.Field) -> Rule | None:
+    """The :class:`Rule` of a dataclass field, or None."""
+    return f.metadata.get(RULE)
+
+
+def check_value(value: Any, rule: Rule, where: str, error: Callable[[str], Exception]) -> None:
+    """Raise ``error(message)`` when ``value`` (or an item of a list value) breaks ``rule``."""
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and rule.nonempty and not value:
+        raise error(f"{where}: expected a non-empty list of {rule.describe()}")
+    for i, item in enumerate(items):
+        if item is None or rule.accepts(item):
+            continue
+        at = f"{where}[{i}]" if isinstance(value, list) else where
+        raise error(f"{at}: expected {rule.describe()}, got {item!r}")
