@@ -259,6 +259,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     for epoch in range(start_epoch, tr.epochs):
         method.train()
         seed_everything(epoch_seed(tr.seed, rank, epoch))
+        # One draw from the global generator per epoch, where featvlr's earlier DataLoader drew
+        # its worker base seed: dropout masks, and so every seed's results, stay as they were.
+        torch.empty((), dtype=torch.int64).random_()
         batches.set_epoch(epoch)
         bar = logger.progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tr.epochs}",
                               enabled=is_main and tr.progress)
