@@ -7,10 +7,18 @@ Launch::
 ``gather_with_grad`` concatenates a tensor from every rank in rank order and keeps the
 gradient path to the local slice, so in-batch contrastive and batch-graph losses see the
 global batch (as the papers' all-gather does).
+
+:class:`FailureWatch` ends every rank promptly when one fails: the failing rank posts its
+error in the process group's store, and a thread on every other rank that sees it prints
+the error and ends that process (a rank blocked in a collective could not raise it).
 """
 from __future__ import annotations
 
+import itertools
 import os
+import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -102,3 +110,70 @@ def reduce_mean(x: torch.Tensor) -> torch.Tensor:
     x = x.detach().clone()
     dist.all_reduce(x)
     return x / world_size()
+
+
+_WATCHES = itertools.count()
+
+
+class FailureWatch:
+    """Ends this rank when another rank of the run fails (see the module docstring).
+
+    Every rank creates one per run (in the same order, so they share a key), ``start()``s
+    it, calls ``fail(exc)`` when its own run raises, and ``stop()``s it at the end. A rank
+    that sees another's failure prints ``featvlr: error: rank R failed: ...`` and exits with
+    that rank's status (2 for a featvlr error, else 1). Without a process group it does nothing.
+    """
+
+    def __init__(self, poll_s: float = 0.2, ack_wait_s: float = 5.0):
+        self.store = None
+        if is_distributed() and world_size() > 1:
+            try:
+                from torch.distributed.distributed_c10d import _get_default_store
+
+                self.store = _get_default_store()
+            except Exception:  # noqa: BLE001 - no store: the launcher's own handling remains
+                self.store = None
+        self.key = f"featvlr/failed/{next(_WATCHES)}"
+        self.poll_s, self.ack_wait_s = poll_s, ack_wait_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "FailureWatch":
+        if self.store is not None:
+            self._thread = threading.Thread(target=self._watch, name="featvlr-failure-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.poll_s):
+            try:
+                if not self.store.check([self.key]):
+                    continue
+                code, message = self.store.get(self.key).decode().split("|", 1)
+                self.store.add(self.key + "/acks", 1)
+            except Exception:  # noqa: BLE001 - the store is gone: the run is over either way
+                return
+            if self._done.is_set():
+                return
+            print(f"featvlr: error: {message}", file=sys.stderr, flush=True)
+            os._exit(int(code))
+
+    def fail(self, exc: BaseException) -> None:
+        """Post this rank's failure, and wait (briefly) until the other ranks have read it."""
+        if self.store is None or self._done.is_set():
+            return
+        from featvlr.errors import FeatvlrError
+
+        self._done.set()
+        code = 2 if isinstance(exc, FeatvlrError) else 1
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            self.store.set(self.key, f"{code}|rank {rank()} failed: {text}")
+            deadline = time.monotonic() + self.ack_wait_s
+            while time.monotonic() < deadline and self.store.add(self.key + "/acks", 0) < world_size() - 1:
+                time.sleep(0.05)
+        except Exception:  # noqa: BLE001 - the others end with the collective's own error
+            pass
+
+    def stop(self) -> None:
+        self._done.set()

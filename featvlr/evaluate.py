@@ -182,6 +182,8 @@ def _method_metrics(method: Any, config: Any, cache_path: str | Path, split: str
     from featvlr.store import FeatureStore
     from featvlr.tasks import get_task
 
+    if chosen is not None:
+        _check_task_scenarios(method, chosen)
     task = get_task(method.task)
     store = FeatureStore(cache_path)
     name = split
@@ -195,6 +197,22 @@ def _method_metrics(method: Any, config: Any, cache_path: str | Path, split: str
     if not metrics and out_dir.exists():
         extra["submission"] = sorted(str(p) for p in out_dir.glob(f"*_{st.name}.json"))
     return metrics, st.name
+
+
+def _check_task_scenarios(method: Any, chosen: list[str]) -> None:
+    """Refuse scenarios of the other task, naming the methods that provide them."""
+    from featvlr.methods.registry import get_method, list_methods
+
+    task = getattr(method, "task", "cross_modal")
+    other = [s for s in chosen if (s == "composed") != (task == "composed")]
+    if not other:
+        return
+    wanted = "composed" if other[0] == "composed" else "cross_modal"
+    providers = [m for m in list_methods() if getattr(get_method(m), "task", "cross_modal") == wanted]
+    name = getattr(method, "name", type(method).__name__)
+    raise FeatvlrError(f"scenario {other[0]} needs a {wanted.replace('_', '-')} method "
+                       f"({', '.join(providers) or 'none registered'}); this run is {name!r}, a "
+                       f"{task.replace('_', '-')} method")
 
 
 def _embeddings_metrics(arrays: dict[str, np.ndarray], st: Any, path: Path, relevance: str | Path | None,
@@ -231,6 +249,13 @@ def _sims_metrics(path: Path, st: Any, relevance: str | Path | None, chosen: lis
         raise InputError(path, f"scores must be numbers, got dtype {sims.dtype}")
     s = torch.as_tensor(np.asarray(sims), device=dev) if dev != "cpu" else sims
     data = arrays_or_split(st, relevance, n_img, n_txt, inputs)
+    if chosen is None:  # "all": say what a matrix cannot give
+        from featvlr.evaluation.options import SCENARIOS
+
+        skipped = [name for name in SCENARIOS if name not in ("i2t", "t2i")]
+        inputs["skipped"] = {name: "a similarity matrix gives i2t and t2i only" for name in skipped}
+        print(f"skipped {', '.join(skipped)}: a similarity matrix gives i2t and t2i only (they need "
+              "--embeddings)", flush=True)
     try:
         return evaluate_cross_modal(None, None, data, chosen or ["i2t", "t2i"], opts.folds, sims=s, ks=opts.ks,
                                     ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),

@@ -13,13 +13,21 @@ share), ``method(batch, state)`` returns named losses, the ``*_loss`` keys are s
 back-propagated (AMP on CUDA), gradients clipped, AdamW and the schedule step; then the
 dev split is evaluated, ``ckpt/last.pt`` is written atomically and ``ckpt/best.pt`` when
 the selection metric improves. ``--resume`` restores model, optimiser, scheduler, scaler,
-epoch and RNG state. A NaN or inf loss stops the run and keeps the last good checkpoint.
+epoch and RNG state. A NaN or inf loss stops the run and keeps the last good checkpoint;
+when the batch's own inputs are not finite, the error names the cache rows instead.
 At the end the best checkpoint is evaluated on the test split (``eval/test.json``).
+
+Ctrl-C or SIGTERM abandons the current step (a second one stops at once), says which epoch
+is safely saved and prints the ``--resume`` command (exit status 130 or 143); a new run
+stopped before its first checkpoint removes what it wrote. Under DDP every rank stops at
+the same step, and an error on any rank ends every rank promptly with that error
+(:class:`featvlr.distributed.FailureWatch`).
 """
 from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 from featvlr import distributed as dist_utils
 from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from featvlr.config import Config, config_to_dict, save_config
-from featvlr.errors import ConfigError, FeatvlrError, InputError
+from featvlr.errors import ConfigError, FeatvlrError, InputError, Interrupted
+from featvlr.interrupts import Signalled, StopSignals, interrupted, signal_of
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.device import pick_device
 from featvlr.methods.registry import get_method
@@ -41,6 +50,7 @@ from featvlr.records import flatten_numbers
 from featvlr.runlog import RunLogger
 from featvlr.store import StoreSplit, open_store
 from featvlr.tasks import get_task
+from featvlr.train_guard import nonfinite_inputs, remove_fresh_run, resume_command, saved_state
 
 
 class TrainingDiverged(FeatvlrError):
@@ -159,12 +169,56 @@ def run_stage(stage: Stage) -> None:
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` and evaluate its best checkpoint on the test split."""
+    """Train ``cfg`` into ``run_dir`` and evaluate its best checkpoint on the test split.
+
+    Raises :class:`~featvlr.errors.Interrupted` on SIGINT/SIGTERM (see the module docstring).
+    """
     run_dir = Path(run_dir)
+    existed = run_dir.exists()
+    owns_group = not dist_utils.is_distributed()
+    distributed = dist_utils.init_from_env(pick_device(cfg.train.device).type)
+    watch = dist_utils.FailureWatch().start()
+    try:
+        with StopSignals("flag") as stop:
+            try:
+                result = _train(cfg, run_dir, resume=resume, stop=stop)
+            except KeyboardInterrupt as exc:
+                if dist_utils.is_main() and not resume:
+                    remove_fresh_run(run_dir, existed)
+                epoch, saved = saved_state(run_dir)
+                doing = f"stopped in epoch {getattr(stop, 'epoch', epoch + 1)}; "
+                message = (f"{doing}{saved}; continue with: {resume_command(run_dir, dist_utils.world_size())}"
+                           if epoch else f"{doing}{saved} and the run folder was cleaned up; run the same "
+                           "command again to start over")
+                raise interrupted(signal_of(exc), message, say=dist_utils.is_main()) from None
+        dist_utils.barrier()
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        watch.fail(exc)
+        if dist_utils.is_main() and not resume:
+            remove_fresh_run(run_dir, existed)
+        raise
+    finally:
+        watch.stop()
+    if distributed and owns_group:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _agreed(flag: bool, distributed: bool, device: torch.device) -> bool:
+    """``flag`` or any other rank's (a collective: every rank calls it at the same point)."""
+    if not distributed:
+        return flag
+    value = torch.tensor(int(flag), dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value)
+
+
+def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> TrainResult:
     method_cls = get_method(cfg.method)
     device = pick_device(cfg.train.device)
-    owns_group = not dist_utils.is_distributed()
-    distributed = dist_utils.init_from_env(device.type)
+    distributed = dist_utils.is_distributed()
     rank, world = dist_utils.rank(), dist_utils.world_size()
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
@@ -266,6 +320,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
         bar = logger.progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tr.epochs}",
                               enabled=is_main and tr.progress)
         t0, items, sums = time.perf_counter(), 0, {}
+        stop.epoch = epoch + 1
         for b, batch in enumerate(stream):
             state = StepState(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, world_size=world)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -276,14 +331,25 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
             total = sum(losses.values())
             finite = torch.isfinite(total.detach()).to(torch.int32)
             if distributed:  # stop every rank together, never one alone inside a collective
-                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                flags = torch.stack([finite, finite.new_tensor(int(stop.signum is None))])
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+                finite, stopping = flags[0], not bool(flags[1])
+            else:
+                stopping = stop.signum is not None
             if not bool(finite):
                 where = run_dir / "ckpt" / "last.pt"
                 kept = f"the last good checkpoint is {where}" if where.exists() else "no checkpoint was written yet"
+                problem = nonfinite_inputs(batch, cfg.data.train_split)
+                if problem:  # the cache, not the optimisation
+                    raise InputError(cfg.data.cache, f"the training inputs hold NaN or inf values: {problem} (the "
+                                     f"loss became {total.item()} at epoch {epoch + 1}, step {step}); `featvlr info "
+                                     f"--check {cfg.data.cache}` finds every bad row; {kept}")
                 raise TrainingDiverged(
                     f"loss is {total.item()} at epoch {epoch + 1}, step {step} "
                     f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); {kept}. "
                     "Try a lower train.lr or train.amp=false.")
+            if stopping:  # abandon this step; the last checkpoint is the state to resume
+                raise Signalled(stop.signum or signal.SIGINT)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if tr.grad_clip > 0:
@@ -328,7 +394,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
                         + (f", {select_split} {select_key} {metrics[select_key]:.2f}" if metrics else "")
                         + f" ({record['items_per_s']:.0f} items/s, waited {stream.wait_s:.1f} s"
                         f" of {epoch_time:.1f} s for data)")
-        dist_utils.barrier()
+        if _agreed(stop.signum is not None, distributed, device):  # also every rank's end-of-epoch barrier
+            raise Signalled(stop.signum or signal.SIGINT)
 
     result = TrainResult(run_dir=run_dir, best_metrics=best_metrics, best_epoch=best_epoch,
                          epochs_run=tr.epochs - start_epoch)
@@ -345,9 +412,6 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
                                              checkpoint=run_dir / "ckpt" / "best.pt")
             logger.log({"event": "test", **flatten_numbers(result.test_metrics, sep="/", scalars_only=True)})
     logger.close()
-    dist_utils.barrier()
-    if distributed and owns_group:
-        torch.distributed.destroy_process_group()
     return result
 
 

@@ -1,7 +1,8 @@
 """`featvlr extract`: cache frozen features of a dataset the user has on disk.
 
 Sub-commands are thin wrappers over :func:`featvlr.sources.precomp.extract_precomp` and
-:func:`featvlr.sources.composed.extract_composed`.
+:func:`featvlr.sources.composed.extract_composed`. Ctrl-C or SIGTERM stops an extract with one
+line saying that it left nothing behind (the cache is only renamed into place when complete).
 """
 from __future__ import annotations
 
@@ -39,6 +40,23 @@ def _command_line() -> str:
     return "featvlr " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+def _interruptible(out: Path, run):
+    """``run()``; SIGINT/SIGTERM end it with one line saying that nothing was left behind."""
+    from featvlr.interrupts import StopSignals, interrupted, signal_of
+
+    existed = out.exists()
+    with StopSignals("raise"):
+        try:
+            return run()
+        except KeyboardInterrupt as exc:
+            partial = out.with_name(out.name + ".partial")
+            if partial.exists():  # the writer removes it; make sure
+                partial.unlink()
+            kept = f"{out} is unchanged" if existed else f"{out} was not created"
+            raise interrupted(signal_of(exc), f"extract stopped before the cache was complete; it left "
+                              f"nothing behind ({kept}, no partial file remains)") from None
+
+
 def _split_list(value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None
@@ -70,11 +88,11 @@ def precomp(
 
     Example: featvlr extract precomp --root data/f30k_precomp --out features/f30k.h5
     """
-    from featvlr.sources.precomp import extract_precomp
+    from featvlr.sources.precomp import default_out_path, extract_precomp
 
-    path = extract_precomp(root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value,
-                           overwrite=overwrite, relevance=relevance, batch_size=batch_size, device=device,
-                           progress=progress, command=_command_line())
+    path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
+        root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,
+        relevance=relevance, batch_size=batch_size, device=device, progress=progress, command=_command_line()))
     typer.echo(f"wrote {path}")
 
 
@@ -113,11 +131,11 @@ def composed(
     """
     from featvlr.sources.composed import extract_composed
 
-    path = extract_composed(dataset.value, root, out, image_features=image_features, image_names=image_names,
-                            aug_features=aug_features, clip_model=clip_model, images_dir=images,
-                            text_model=text_model, dtype=dtype.value, overwrite=overwrite, progress=progress,
-                            splits=_split_list(splits), batch_size=batch_size, device=device,
-                            command=_command_line())
+    path = _interruptible(out or Path("features") / f"{dataset.value}.h5", lambda: extract_composed(
+        dataset.value, root, out, image_features=image_features, image_names=image_names,
+        aug_features=aug_features, clip_model=clip_model, images_dir=images, text_model=text_model,
+        dtype=dtype.value, overwrite=overwrite, progress=progress, splits=_split_list(splits),
+        batch_size=batch_size, device=device, command=_command_line()))
     typer.echo(f"wrote {path}")
 
 

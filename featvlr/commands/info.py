@@ -3,7 +3,8 @@
 Prints the splits with their image and text counts, every dataset's shape and dtype, the
 provenance attributes (format and featvlr versions, creating command, sources, text
 encoder) and the size on disk. The cache is opened through :class:`featvlr.store.FeatureStore`,
-so a truncated or corrupt file is reported as one clear error.
+so a truncated or corrupt file is reported as one clear error. ``--check`` reads every
+value (:func:`featvlr.cache_check.check_cache`) and names the split, dataset and first bad row.
 """
 from __future__ import annotations
 
@@ -15,18 +16,27 @@ from typing import Any
 import typer
 
 
-def describe_cache(path: str | os.PathLike, *, validate: bool = True) -> dict[str, Any]:
-    """A JSON-ready description of a cache: attributes, size and per-split datasets."""
+def describe_cache(path: str | os.PathLike, *, validate: bool = True, check: bool = False) -> dict[str, Any]:
+    """A JSON-ready description of a cache: attributes, size and per-split datasets; with
+    ``check``, after a scan of every value (``"check"``: datasets and values read)."""
     from featvlr.store import FeatureStore
 
-    store = FeatureStore(path, validate=validate)
+    store = FeatureStore(path, validate=validate and not check)
     try:
+        scanned = None
+        if check:
+            from featvlr.cache_check import check_cache
+
+            scanned = check_cache(store)
+            store.validate()
         info: dict[str, Any] = {
             "path": str(Path(path)),
             "size_bytes": os.path.getsize(path),
             "attrs": store.attrs,
             "splits": {},
         }
+        if scanned is not None:
+            info["check"] = {"datasets": scanned.datasets, "values": scanned.values}
         for split in store.splits():
             s = store.split_info(split)
             info["splits"][split] = {
@@ -69,6 +79,9 @@ def format_info(info: dict[str, Any]) -> str:
             shape = "x".join(str(x) for x in d["shape"]) or "scalar"
             dtype = "str" if d["dtype"] == "object" else d["dtype"]
             lines.append(f"  {name:28s} {shape:>20s}  {dtype}")
+    if "check" in info:
+        lines.append(f"check: {info['check']['datasets']} datasets of the expected shapes, "
+                     f"{info['check']['values']:,} values read, all finite")
     return "\n".join(lines)
 
 
@@ -76,9 +89,11 @@ def info(
     cache: Path = typer.Argument(..., help="Feature cache (.h5) written by `featvlr extract` or `featvlr demo`."),
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON instead of text."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the shape, count and NaN checks."),
+    check: bool = typer.Option(False, "--check", help="Read every value: NaN/inf and wrong shapes, naming the "
+                               "split, dataset and first bad row (slow on big caches)."),
 ) -> None:
     """Show a cache's splits, counts, shapes, dtypes, provenance and size on disk."""
-    description = describe_cache(cache, validate=not no_validate)
+    description = describe_cache(cache, validate=not no_validate, check=check)
     typer.echo(json.dumps(description, indent=2, default=str) if as_json else format_info(description))
 
 

@@ -45,10 +45,21 @@ def load_sims(path: Path) -> np.ndarray:
     """A ``[n_images, n_texts]`` similarity matrix ``.npy`` (memory-mapped)."""
     if not path.exists():
         raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "a folder, not a numpy array file (.npy)")
+    with path.open("rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY":
+        raise InputError(path, "not a numpy array file: it does not start with the .npy header (save the matrix "
+                               "with numpy.save)")
     try:
         sims = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
+        if "pickle" in str(exc) or "object" in str(exc):
+            raise InputError(path, "not a numpy array file of numbers: it holds Python objects") from None
         raise InputError(path, f"not a readable .npy array: {exc}") from None
+    except OSError as exc:
+        raise InputError(path, f"not a readable .npy array (truncated?): {exc}") from None
     if sims.ndim != 2:
         raise InputError(path, f"expected a 2-D [n_images, n_texts] matrix, got shape {sims.shape}")
     return sims
