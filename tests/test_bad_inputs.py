@@ -9,17 +9,32 @@ are generated from the schema: every numeric and choice field of every method's 
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import typing
 from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
+import torch
 
 from featvlr.config import DataConfig, EvalConfig, TrainConfig
 from featvlr.methods.registry import get_method, list_methods
 from featvlr.schema import rule_of
 
-from synthetic import write_synthetic_cache, write_tiny_cache
+from synthetic import write_synthetic_cache
+
+TESTS = Path(__file__).resolve().parent
 
 
 def _one_line(err: str) -> str:
@@ -104,3 +119,139 @@ def test_yes_no_options_take_yaml_booleans(value, expected):
 
     cfg = load_config(None, [f"data.in_memory={value}", f"data.on_device={value}"])
     assert cfg.data.in_memory == cfg.data.on_device == expected
+
+
+# -- the table: one row per bad input of the command line -----------------------------------
+
+QUICK = ["data.dataset=synthetic", "model.embed_dim=16", "train.batch_size=32", "train.progress=false",
+         "train.eval_every=0", "data.test_split=", "eval.dev_scenarios=[i2t, t2i]"]
+
+
+def _config(path: Path, cache: Path, method: str = "vse", **sections: dict) -> Path:
+    import yaml
+
+    raw = {"method": method, "data": {"cache": str(cache)}, **sections}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Inputs shared by the rows: caches good and damaged, configs, a trained run, odd files."""
+    root = tmp_path_factory.mktemp("inputs")
+    w = SimpleNamespace(root=root, cache=write_synthetic_cache(root / "syn.h5"))
+    w.vse = _config(root / "vse.yaml", w.cache)
+    w.hrem = _config(root / "hrem.yaml", w.cache, method="hrem")
+    w.bad_lr = _config(root / "bad_lr.yaml", w.cache, train={"lr": "abc"})
+    # NaN in the middle of the training captions' tokens (the pooled vectors stay finite)
+    w.nan_cache = root / "nan_tokens.h5"
+    shutil.copy(w.cache, w.nan_cache)
+    with h5py.File(w.nan_cache, "r+") as f:
+        f["texts/train/tokens"][700:702] = np.nan
+    w.nan_vse = _config(root / "nan_vse.yaml", w.nan_cache)
+    # 0xFF bytes written over the middle of the stored tokens
+    w.ff_cache = root / "ff_tokens.h5"
+    shutil.copy(w.cache, w.ff_cache)
+    with h5py.File(w.ff_cache, "r") as f:
+        offset = f["texts/train/tokens"].id.get_offset()
+    with open(w.ff_cache, "r+b") as fh:
+        fh.seek(offset + 64 * 900)
+        fh.write(b"\xff" * 640)
+    w.text_npy = root / "notes.npy"
+    w.text_npy.write_text("these are not scores\n")
+    w.sims = root / "sims.npy"
+    np.save(w.sims, np.random.default_rng(0).random((16, 80), dtype=np.float32))
+    w.wrong_sims = root / "wrong.npy"
+    np.save(w.wrong_sims, np.zeros((5, 7), dtype=np.float32))
+    w.not_h5 = root / "plain.h5"
+    w.not_h5.write_text("not hdf5")
+    w.run = root / "vse_run"
+    from featvlr.config import load_config
+    from featvlr.train import train
+
+    train(load_config(w.vse, [*QUICK, "train.epochs=1"]), w.run)
+    return w
+
+
+# (id, arguments, exit status, substring of the one-line message, outputs that must not exist)
+# Arguments and outputs are templates: {cache}, {vse}, {run}... from `world`; {out} is a fresh folder.
+CASES = [
+    ("batch-size-0", "train -c {vse} --set train.batch_size=0 -o {out}/run", 2,
+     "--set train.batch_size: expected >= 2, got 0", ["{out}/run"]),
+    ("epochs-negative", "train -c {vse} --set train.epochs=-1 -o {out}/run", 2,
+     "--set train.epochs: expected >= 1, got -1", ["{out}/run"]),
+    ("lr-not-a-number", "train -c {vse} --set train.lr=abc -o {out}/run", 2,
+     "--set train.lr: expected a number, got 'abc'", ["{out}/run"]),
+    ("lr-bad-in-file", "train -c {bad_lr} -o {out}/run", 2, "bad_lr.yaml: train.lr: expected a number", ["{out}/run"]),
+    ("unknown-key", "train -c {vse} --set train.lrr=1 -o {out}/run", 2, "did you mean 'lr'", ["{out}/run"]),
+    ("unknown-method", "train -c {vse} --set method=vsee -o {out}/run", 2, "did you mean 'vse'", ["{out}/run"]),
+    ("bad-choice", "train -c {vse} --set data.in_memory=maybe -o {out}/run", 2,
+     "--set data.in_memory: expected one of auto, yes, no, got 'maybe'", ["{out}/run"]),
+    ("missing-config", "train -c {out}/nope.yaml -o {out}/run", 2, "no such config file", ["{out}/run"]),
+    ("resume-other-method", "train -c {hrem} -o {run} --resume", 2,
+     "--resume: the checkpoint is a 'vse' run, the config asks for 'hrem'", []),
+    ("resume-without-checkpoint", "train -c {vse} -o {out}/run --resume", 2, "has no ckpt/last.pt", ["{out}/run"]),
+    ("run-folder-taken", "train -c {vse} -o {run}", 2, "pass --resume to continue it", []),
+    ("nan-in-training-tokens", "train -c {nan_vse} -o {out}/run", 2,
+     "the training inputs hold NaN or inf values: texts/train/tokens at caption", ["{out}/run"]),
+    ("info-check-0xff-tokens", "info --check {ff_cache}", 2,
+     "split 'train', dataset texts/train/tokens: NaN or inf values, first at row 900 (caption", []),
+    ("info-missing-cache", "info {out}/none.h5", 2, "no such feature cache", []),
+    ("info-not-hdf5", "info {not_h5}", 2, "not a readable HDF5 feature cache", []),
+    ("sims-text-file", "eval --sims {text_npy} --cache {cache} --json {out}/r.json", 2, "not a numpy array file",
+     ["{out}/r.json"]),
+    ("sims-wrong-shape", "eval --sims {wrong_sims} --cache {cache} --json {out}/r.json", 2,
+     "shape (5, 7), but split 'test' has 16 images and 80 texts", ["{out}/r.json"]),
+    ("sims-uni-modal", "eval --sims {sims} --cache {cache} --scenarios i2i --json {out}/r.json", 2,
+     "scenario i2i needs embeddings", ["{out}/r.json"]),
+    ("composed-on-vse-run", "eval {run} --scenarios composed --json {out}/r.json", 2,
+     "scenario composed needs a composed method (combiner, mlcl); this run is 'vse'", ["{out}/r.json"]),
+    ("unknown-scenario", "eval {run} --scenarios i2x --json {out}/r.json", 2, "unknown scenario 'i2x'",
+     ["{out}/r.json"]),
+    ("missing-run", "eval {out}/norun --json {out}/r.json", 2, "no such run folder or checkpoint", ["{out}/r.json"]),
+    ("missing-embeddings", "eval --embeddings {out}/e.npz --cache {cache} --json {out}/r.json", 2, "no such file",
+     ["{out}/r.json"]),
+    ("extract-missing-root", "extract precomp --root {out}/nothere --out {out}/x.h5", 2, "no such folder",
+     ["{out}/x.h5"]),
+    ("extract-onto-a-cache", "extract precomp --root {out} --out {cache}", 2, "the cache exists already", []),
+]
+
+
+@pytest.mark.parametrize("args, code, needle, absent", [pytest.param(*c[1:], id=c[0]) for c in CASES])
+def test_bad_input(cli, world, tmp_path, args, code, needle, absent):
+    names = {k: str(v) for k, v in vars(world).items()} | {"out": str(tmp_path)}
+    if "extract precomp --root {out} " in args:  # a precomp folder, so the existing cache is the problem
+        (tmp_path / "train_ims.npy").write_bytes(b"")
+    before = sorted(p for p in world.root.rglob("*"))
+    got, _, err = cli(*[a.format(**names) for a in args.split()])
+    line = _one_line(err)
+    assert got == code, err
+    assert needle in line
+    for path in absent:
+        assert not Path(path.format(**names)).exists(), path
+    _no_partial(world.root)
+    _no_partial(tmp_path)
+    assert sorted(p for p in world.root.rglob("*")) == before
+
+
+def test_yes_no_options_train(cli, world, tmp_path):
+    code, _, err = cli("train", "-c", world.vse, *[x for o in QUICK for x in ("--set", o)], "--set",
+                       "train.epochs=1", "--set", "data.in_memory=no", "--set", "data.on_device=no", "-o", tmp_path / "r")
+    assert code == 0, err
+
+
+def test_sims_with_all_says_what_is_skipped(cli, world, tmp_path):
+    code, out, err = cli("eval", "--sims", world.sims, "--cache", world.cache, "--scenarios", "all",
+                         "--json", tmp_path / "r.json", "--no-plots")
+    assert code == 0, err
+    assert "skipped i2i, t2t, i2it, t2it, composed: a similarity matrix gives i2t and t2i only" in out
+    import json
+
+    assert set(json.loads((tmp_path / "r.json").read_text())["input"]["skipped"]) == {"i2i", "t2t", "i2it",
+                                                                                     "t2it", "composed"}
+
+
+def test_info_check_passes_a_sound_cache(cli, world):
+    code, out, err = cli("info", "--check", world.cache)
+    assert code == 0, err
+    assert "all finite" in out
