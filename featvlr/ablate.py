@@ -6,7 +6,9 @@
 Every combination is validated before anything runs (an unknown key or a value of the wrong
 type is refused up front). Runs already finished (their ``eval/<test split>.json`` exists)
 are skipped, and a run interrupted mid-way resumes from its ``ckpt/last.pt``, so an
-interrupted ablation picks up where it stopped. Runs share one process's feature cache
+interrupted ablation picks up where it stopped. ``ablation.yaml`` records the grid, its keys
+(``grid_keys``: the keys the report labels and plots), the seeds and the run folders, so
+``featvlr report <ablation folder>`` rebuilds the same report. Runs share one process's feature cache
 (:func:`featvlr.store.open_store` keeps the in-memory split), and with ``jobs > 1`` several
 worker processes take runs side by side (one per GPU when there are several).
 """
@@ -187,7 +189,7 @@ def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], ou
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.yaml").write_text(yaml.safe_dump({
-        "config": str(config), "grid": grid, "seeds": seeds, "extra": list(extra or []),
+        "config": str(config), "grid": grid, "grid_keys": list(grid), "seeds": seeds, "extra": list(extra or []),
         "runs": [str(r.run_dir.relative_to(out)) for r in runs]}, sort_keys=False), encoding="utf-8")
     jobs = jobs or default_jobs()
     todo = [r for r in runs if not r.finished()]
@@ -209,9 +211,10 @@ def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], ou
     if report:
         from featvlr.report import write_report
 
-        baseline = variant_name({k: v[0] for k, v in grid.items()}) if grid else None
         done = [r.run_dir for r in runs if r.finished()]
-        result["report"] = write_report(done, out / "report", baseline=baseline)
+        first = [r.run_dir for r in runs if r.values == runs[0].values and r.run_dir in done]
+        result["report"] = write_report(done, out / "report", baseline=str(first[0]) if first else None,
+                                        grid_keys=list(grid))
     return result
 
 

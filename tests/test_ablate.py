@@ -82,11 +82,12 @@ def test_report_statistics_on_hand_made_results(tmp_path):
     bad = {"i2t": np.full(40, 20), "t2i": np.full(200, 20)}
     runs = [_fake_run(tmp_path, 0.1, 0, 100.0, bad), _fake_run(tmp_path, 0.1, 1, 110.0, bad),
             _fake_run(tmp_path, 0.2, 0, 300.0, good), _fake_run(tmp_path, 0.2, 1, 320.0, good)]
-    rep = write_report(runs, tmp_path / "rep", baseline="loss.margin=0.1")
+    rep = write_report(runs, tmp_path / "rep", baseline="loss.margin=0.1")  # an ablation cell's name
     table = rep["table"]
-    assert table["loss.margin=0.1"]["rsum"][:2] == pytest.approx([105.0, np.std([100, 110], ddof=1)])
-    assert table["loss.margin=0.2"]["rsum"][:2] == pytest.approx([310.0, np.std([300, 320], ddof=1)])
-    assert rep["p_values"]["loss.margin=0.2"] < 0.01
+    assert rep["variants"] == ["vse margin=0.1", "vse margin=0.2"] and rep["baseline"] == "vse margin=0.1"
+    assert table["vse margin=0.1"]["rsum"][:2] == pytest.approx([105.0, np.std([100, 110], ddof=1)])
+    assert table["vse margin=0.2"]["rsum"][:2] == pytest.approx([310.0, np.std([300, 320], ddof=1)])
+    assert rep["p_values"]["vse margin=0.2"] < 0.01
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "**310.00 ± 14.14**" in md  # best rsum marked
     assert "**2.80" in md  # medr: lower is better
@@ -96,10 +97,12 @@ def test_report_statistics_on_hand_made_results(tmp_path):
     class Page(HTMLParser):
         def __init__(self):
             super().__init__()
-            self.rows, self.imgs = 0, []
+            self.rows, self.imgs, self.table = 0, [], None
 
         def handle_starttag(self, tag, attrs):
-            self.rows += tag == "tr"
+            if tag == "table":
+                self.table = dict(attrs).get("id")
+            self.rows += tag == "tr" and self.table == "headline"
             if tag == "img":
                 self.imgs.append(dict(attrs)["src"])
 

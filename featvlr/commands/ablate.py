@@ -16,6 +16,18 @@ def _ints(text: str) -> list[int]:
         raise ConfigError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    from featvlr.errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"{flag} expects RUN=NAME, got {item!r}")
+        out[key] = value
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command("ablate")
     def ablate_cmd(
@@ -27,30 +39,65 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override for every run (repeatable)."),
         jobs: Optional[int] = typer.Option(
             None, "--jobs", "-j", help="Parallel worker processes [default: one per GPU; on CPU one per 4 cores]."),
+        progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars of each run's epochs."),
     ) -> None:
         """Train and evaluate the product of a grid and seeds (finished runs are skipped, interrupted
         ones resumed), then write one report: Markdown, CSV, plots and an HTML page."""
         from featvlr.ablate import run_ablation
 
-        result = run_ablation(config, list(grid or []), _ints(seeds), out, jobs=jobs, extra=list(overrides or []))
+        result = run_ablation(config, list(grid or []), _ints(seeds), out, jobs=jobs, extra=list(overrides or []),
+                              progress=progress)
         counts: dict[str, int] = {}
         for r in result["runs"]:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+        for r in result["runs"]:
+            if r["status"] == "failed":
+                typer.echo(f"failed: {r['run_dir']}: {r['error']}")
         rep = result["report"]
-        typer.echo(Path(rep["markdown"]).read_text(encoding="utf-8"))
+        typer.echo(rep["headline"])
         typer.echo(f"report: {rep['html']}")
 
     @app.command("report")
     def report_cmd(
-        runs: List[Path] = typer.Argument(..., help="Run folders (each with config.yaml and eval/<split>.json)."),
-        out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.md/.csv/.html and plots."),
-        baseline: Optional[str] = typer.Option(None, "--baseline", help="Variant name to test the others against."),
+        runs: Optional[List[Path]] = typer.Argument(
+            None, help="Run folders (config.yaml and eval/<split>.json) or ablation folders (ablation.yaml) "
+                       "[default: runs/ablation]."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="Folder for report.md/.csv/.html and plots [default: <ablation>/report for "
+                                      "one ablation folder, else report]."),
+        baseline: Optional[str] = typer.Option(
+            None, "--baseline", help="The variant the others are tested against: a label, a run folder or a grid "
+                                     "cell (method=vse) [default: the ablation's first cell, else the first run]."),
+        label: Optional[List[str]] = typer.Option(
+            None, "--label", help="RUN=NAME: call the variant of this run folder (or label) NAME (repeatable)."),
+        group_by: Optional[str] = typer.Option(
+            None, "--group-by", help="Group runs by this config key alone, e.g. --group-by method."),
+        vs: Optional[List[str]] = typer.Option(
+            None, "--vs", help="Also plot the metrics against this config key (repeatable); an ablation's grid "
+                               "keys are plotted anyway."),
     ) -> None:
-        """Compare finished runs: mean ± std over seeds per variant, best per column, paired
-        significance of rsum against a baseline, plots and an HTML page."""
-        from featvlr.report import write_report
+        """Compare finished runs: a headline table (mean ± std over seeds, best per column, training
+        time, paired p-value of rsum against a baseline), the queries where the best variant wins and
+        loses, plots against the grid keys and every metric; Markdown, CSV and an HTML page."""
+        from featvlr.errors import InputError
+        from featvlr.report import select_runs, write_report
 
-        rep = write_report(list(runs), out, baseline=baseline)
-        typer.echo(Path(rep["markdown"]).read_text(encoding="utf-8"))
+        paths = list(runs or [])
+        if not paths:
+            default = Path("runs/ablation")
+            if not (default / "ablation.yaml").exists():
+                raise InputError(default, "no ablation here; give run folders or an ablation folder")
+            paths = [default]
+        chosen = select_runs(paths)
+        if out is None:
+            single = len(paths) == 1 and (paths[0] / "ablation.yaml").exists()
+            out = paths[0] / "report" if single else Path("report")
+        for skipped in chosen.skipped:
+            typer.echo(f"not finished, left out: {skipped}")
+        if baseline is None and chosen.baseline_run is not None and chosen.baseline_run in chosen.run_dirs:
+            baseline = str(chosen.baseline_run)
+        rep = write_report(chosen.run_dirs, out, baseline=baseline, grid_keys=chosen.grid_keys, vs=list(vs or []),
+                           group_by=group_by, labels=_pairs(list(label or []), "--label"))
+        typer.echo(rep["headline"])
         typer.echo(f"report: {rep['html']}")
