@@ -27,6 +27,22 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from featvlr import __version__
+
+        typer.echo(f"featvlr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Precomputed-feature trainer for vision-language retrieval."""
+
+
 for _module in COMMAND_MODULES:
     _module.register(app)
 

@@ -118,6 +118,7 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
     chosen = parse_scenarios(scenarios)
     dev = str(pick_device(device))
     config = None
+    config_sha256 = None
     seed = None
     curves: dict[str, list[float]] = {}
     extra: dict[str, Any] = {}
@@ -130,6 +131,9 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
         from featvlr.checkpoint import load_method
 
         method, config = load_method(tpath, dev)
+        from featvlr.evaluation.results import checkpoint_config_hash
+
+        config_sha256 = checkpoint_config_hash(tpath)  # the checkpoint's config, never the caller's
         seed = getattr(getattr(config, "train", None), "seed", None)
         opts = flags.options(config)
         cache_path = cache or getattr(getattr(config, "data", None), "cache", None)
@@ -166,7 +170,8 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
                                t2t_without_siblings=opts.t2t_without_siblings)
     record = write_results(out, metrics, split=inputs.get("split"), cfg=config, curves=curves, device=dev,
                            seconds=time.perf_counter() - t0, checkpoint=inputs.get("path") if target else None,
-                           protocol=protocol, inputs=inputs, seed=seed, extra=extra, plots=plots)
+                           protocol=protocol, inputs=inputs, seed=seed, extra=extra, plots=plots,
+                           config_sha256=config_sha256)
     if print_table:
         print(format_table(metrics))
         print(f"results: {out}")

@@ -1,4 +1,5 @@
-"""Run logging: JSON lines (canonical), optional TensorBoard, and an epoch progress bar."""
+"""Run logging: JSON lines (canonical), optional TensorBoard, and an epoch progress bar
+(redrawn on a terminal, plain lines in a file or a pipe)."""
 from __future__ import annotations
 
 import json
@@ -9,23 +10,57 @@ from typing import Any
 
 
 class _Bar:
-    """tqdm bar with loss and items/s, or a no-op when disabled."""
+    """A progress bar with loss and items/s: a tqdm bar on a terminal, a few plain lines
+    (about every quarter and at the end) when the stream is a file or a pipe, nothing when
+    disabled."""
 
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, stream: Any = None):
         self.bar = None
-        if enabled:
+        self.lines = False
+        self.total, self.desc, self.done = total, desc, 0
+        self.stream = stream or sys.stderr
+        self.next_line = 0
+        self.postfix: dict[str, float] = {}
+        if not enabled:
+            return
+        if is_terminal(self.stream):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=self.stream)
+        else:
+            self.lines = True
+            self.step = max(1, -(-total // 4))
+            self.next_line = self.step
 
     def update(self, n: int = 1, **postfix: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
             self.bar.update(n)
+        elif self.lines:
+            self.done += n
+            self.postfix = postfix
+            if self.done >= self.next_line and self.done < self.total:
+                self._line()
+                self.next_line = self.done + self.step
+
+    def _line(self) -> None:
+        extra = "".join(f", {k} {v:.4g}" for k, v in self.postfix.items())
+        print(f"{self.desc}: {self.done}/{self.total}{extra}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.lines and self.done:
+            self._line()
+            self.lines = False
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (where a redrawn bar belongs)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class RunLogger:

@@ -38,7 +38,9 @@ def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
     with torch.no_grad():
         metrics = task.evaluate(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
                                 submission_dir=Path(path).parent / "submission")
+    from featvlr.provenance import config_hash
+
     record = write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
-                           seconds=time.perf_counter() - t0, checkpoint=checkpoint)
+                           seconds=time.perf_counter() - t0, checkpoint=checkpoint, config_sha256=config_hash(cfg))
     task.after_final_eval(method, split, cfg, device, Path(path).parent)
     return record

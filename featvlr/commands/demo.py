@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Option(
             None, "--set", "-s", help="Override a value of configs/demo_vse.yaml (repeatable)."),
         data_only: bool = typer.Option(False, "--data-only", help="Only generate and extract the dataset."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars (plain lines when the "
+                                      "output is not a terminal)."),
     ) -> None:
         """Generate the built-in dataset, extract it with the default text encoder, train `vse`
         briefly and evaluate its six cross-modal scenarios. No download; a few minutes on 2 CPU cores.
@@ -27,15 +29,17 @@ def register(app: typer.Typer) -> None:
 
         if data_only:
             paths = build_demo_caches(out / "features", seed=seed, data_dir=out / "features" / "demo_data",
-                                      say=typer.echo)
+                                      say=typer.echo, progress=progress)
             for key, value in paths.items():
                 typer.echo(f"{key}: {value}")
             return
-        done = run_demo(out, epochs=epochs, seed=seed, overrides=list(overrides or []), say=typer.echo)
-        from featvlr.evaluate import format_table
+        done = run_demo(out, epochs=epochs, seed=seed, overrides=list(overrides or []), say=typer.echo,
+                        progress=progress)
+        from featvlr.evaluation.results import format_results
 
         result = done["result"]
-        typer.echo(format_table(result.test_metrics.get("metrics", {})))
+        if result.test_metrics:
+            typer.echo(format_results(result.test_metrics, run=done["run_dir"]))
         typer.echo(f"run folder:   {done['run_dir']}")
         typer.echo(f"results JSON: {done['run_dir'] / 'eval' / 'test.json'}")
         typer.echo(f"plots:        {done['run_dir'] / 'eval'}/*.png")

@@ -50,8 +50,13 @@ def eval_command(
     flags = EvalFlags(folds=folds, ks=ks, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k, batch_size=batch_size,
                       chunk_elements=chunk_elements, backend=backend, faiss_k=faiss_k,
                       t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol)
-    run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance, split=split,
-             scenarios=scenarios, json_path=json_path, flags=flags, device=device, plots=plots)
+    record = run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance, split=split,
+                      scenarios=scenarios, json_path=json_path, flags=flags, device=device, plots=plots,
+                      print_table=False)
+    from featvlr.evaluation.results import format_results
+
+    typer.echo(format_results(record))
+    typer.echo(f"results: {record['json']}")
 
 
 def register(app: typer.Typer) -> None:
