@@ -1,4 +1,4 @@
 """Command modules of the ``featvlr`` CLI; each exposes ``register(app)``."""
-from featvlr.commands import ablate, demo, eval, extract, info, train
+from featvlr.commands import ablate, demo, embed, eval, extract, info, search, train
 
-COMMAND_MODULES = [extract, info, train, eval, demo, ablate]
+COMMAND_MODULES = [extract, info, train, eval, demo, ablate, embed, search]
