@@ -124,7 +124,8 @@ class FailureWatch:
     that rank's status (2 for a featvlr error, else 1). Without a process group it does nothing.
     """
 
-    def __init__(self, poll_s: float = 0.2, ack_wait_s: float = 5.0):
+    def __init__(self, poll_s: float = 0.2, ack_wait_s: float = 5.0, on_failure=None):
+        self.on_failure = on_failure  # called (no arguments) before this rank ends for another's failure
         self.store = None
         if is_distributed() and world_size() > 1:
             try:
@@ -155,6 +156,11 @@ class FailureWatch:
                 return
             if self._done.is_set():
                 return
+            if self.on_failure is not None:
+                try:
+                    self.on_failure()
+                except Exception:  # noqa: BLE001 - ending promptly comes first
+                    pass
             print(f"featvlr: error: {message}", file=sys.stderr, flush=True)
             os._exit(int(code))
 

@@ -177,7 +177,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     existed = run_dir.exists()
     owns_group = not dist_utils.is_distributed()
     distributed = dist_utils.init_from_env(pick_device(cfg.train.device).type)
-    watch = dist_utils.FailureWatch().start()
+    watch = dist_utils.FailureWatch(on_failure=lambda: dist_utils.is_main() and not resume
+                                    and remove_fresh_run(run_dir, existed)).start()
     try:
         with StopSignals("flag") as stop:
             try:

@@ -255,3 +255,166 @@ def test_info_check_passes_a_sound_cache(cli, world):
     code, out, err = cli("info", "--check", world.cache)
     assert code == 0, err
     assert "all finite" in out
+
+
+# -- interruptions: real processes and real signals -------------------------------------------
+
+def _popen(*args, cwd, env=None, code=None) -> subprocess.Popen:
+    head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "featvlr.cli"]
+    return subprocess.Popen([*head, *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+
+
+def _log_steps(run: Path) -> tuple[int, int]:
+    """(last step, last finished epoch) in the run's log.jsonl so far."""
+    import json
+
+    step = epoch = 0
+    path = run / "log.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line being written
+                continue
+            step = max(step, int(rec.get("step", 0)))
+            if rec.get("event") == "epoch":
+                epoch = max(epoch, int(rec["epoch"]))
+    return step, epoch
+
+
+def _wait_for(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _train_args(world, run: Path, epochs: int, *extra: str) -> list[str]:
+    return ["train", "-c", world.vse, *[x for o in [*QUICK, f"train.epochs={epochs}", *extra] for x in ("--set", o)],
+            "-o", run]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_train_says_what_is_saved_and_how_to_resume(world, tmp_path, sig, code):
+    run = tmp_path / "run"
+    proc = _popen(*_train_args(world, run, 12), cwd=tmp_path)
+    _wait_for(proc, lambda: _log_steps(run)[1] >= 2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(rf"featvlr: interrupted \({sig.name}\): stopped in epoch (\d+); epoch (\d+) \(step \d+\) "
+                         r"is safely saved in (\S+); continue with: (.+)", last)
+    assert match, last
+    assert int(match[2]) >= 2 and Path(match[3]) == run / "ckpt" / "last.pt"
+    _no_partial(tmp_path)
+    command = shlex.split(match[4])
+    assert command[0] == "featvlr" and command[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, "-m", "featvlr.cli", *command[1:]], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} after epoch {match[2]}" in resumed.stderr
+    from featvlr.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "ckpt" / "last.pt")["epoch"] == 12
+
+
+def test_interrupt_before_the_first_epoch_leaves_no_run_folder(world, tmp_path):
+    run = tmp_path / "run"
+    proc = _popen(*_train_args(world, run, 40, "train.max_steps_per_epoch=0", "train.log_every=1"), cwd=tmp_path)
+    _wait_for(proc, lambda: _log_steps(run)[0] >= 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if _log_steps(run)[1] or (run / "ckpt" / "last.pt").exists():
+        pytest.skip("the first epoch finished before the signal")
+    assert proc.returncode == 130, err
+    assert "no epoch was finished, so nothing was saved" in err.strip().splitlines()[-1]
+    assert not run.exists()
+
+
+def test_interrupted_extract_leaves_nothing_behind(tmp_path):
+    root = tmp_path / "precomp"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(root / "train_ims.npy", rng.normal(size=(2000, 4, 8)).astype(np.float32))
+    words = ["a", "dog", "runs", "on", "the", "beach", "two", "people", "sit", "near", "water"]
+    (root / "train_caps.txt").write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(10000)) + "\n")
+    out = tmp_path / "features" / "x.h5"
+    proc = _popen("extract", "precomp", "--root", root, "--out", out, "--no-progress", "--relevance", "none",
+                  cwd=tmp_path)
+    _wait_for(proc, lambda: out.with_name(out.name + ".partial").exists())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"featvlr: interrupted (SIGINT): extract stopped before the cache was complete; it left nothing behind "
+        f"({out} was not created, no partial file remains)")
+    assert not out.exists() and not list(out.parent.glob("*partial*"))
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(world, tmp_path):
+    epochs, extra = 4, ("train.log_every=1",)
+    full = subprocess.run([sys.executable, "-m", "featvlr.cli", *map(str, _train_args(world, tmp_path / "full",
+                                                                                     epochs, *extra))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr
+    total = _log_steps(tmp_path / "full")[0]
+    kill_at = random.Random().randint(2, total - 2)
+    run = tmp_path / "killed"
+    proc = _popen(*_train_args(world, run, epochs, *extra), cwd=tmp_path)
+    _wait_for(proc, lambda: _log_steps(run)[0] >= kill_at)
+    proc.kill()
+    proc.communicate(timeout=60)
+    again = _train_args(world, run, epochs, *extra) + (["--resume"] if (run / "ckpt" / "last.pt").exists() else [])
+    resumed = subprocess.run([sys.executable, "-m", "featvlr.cli", *map(str, again)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, (kill_at, resumed.stderr)
+    from featvlr.checkpoint import load_checkpoint
+
+    a = load_checkpoint(tmp_path / "full" / "ckpt" / "last.pt")
+    b = load_checkpoint(run / "ckpt" / "last.pt")
+    assert a["epoch"] == b["epoch"] == epochs and a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), (kill_at, key)
+    _no_partial(tmp_path)
+
+
+# -- DDP: a failure on one rank ends every rank with the error --------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("method, failing, message", [
+    ("vse_fails_in_eval", 0, "evaluation failed on purpose"),
+    ("vse_fails_in_step", 1, "step failed on purpose"),
+], ids=["rank0-in-evaluation", "rank1-in-a-step"])
+def test_a_failing_rank_ends_every_rank(world, tmp_path, method, failing, message):
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import ddp_faults; from featvlr.cli import main; main()"
+    port = _free_port()
+    args = ["train", "-c", world.vse, *[x for o in [*QUICK, "train.epochs=3", "train.eval_every=1",
+                                                    f"method={method}"] for x in ("--set", o)], "-o", tmp_path / "run"]
+    procs = [_popen(*args, cwd=tmp_path, code=code, env={"WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
+                                                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for r in range(2)]
+    t0 = time.monotonic()
+    results = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a rank hung")
+        results.append((proc.returncode, err))
+    assert time.monotonic() - t0 < 120
+    for rank, (status, err) in enumerate(results):
+        assert status == 2, (rank, err)
+        last = err.strip().splitlines()[-1]
+        want = f"featvlr: error: {message}" if rank == failing else f"featvlr: error: rank {failing} failed: {message}"
+        assert last == want, (rank, err)
+    assert not (tmp_path / "run").exists()  # failed before its first checkpoint: nothing left
