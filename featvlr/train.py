@@ -114,9 +114,6 @@ def _placement(cfg: Config, split: StoreSplit, device: torch.device) -> str:
     """Where the training rows live (:func:`featvlr.data.rows.choose_placement`)."""
     from featvlr.data.rows import choose_placement, dataset_bytes
 
-    for key, value in (("data.in_memory", cfg.data.in_memory), ("data.on_device", cfg.data.on_device)):
-        if value not in ("auto", "yes", "no"):
-            raise ConfigError(f"{key}: expected auto, yes or no, got {value!r}")
     size = dataset_bytes(split, [split.k_regions, split.k_tokens, split.k_pooled, split.k_global])
     return choose_placement(size, device, in_memory=cfg.data.in_memory, on_device=cfg.data.on_device)
 
