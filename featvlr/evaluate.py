@@ -90,7 +90,7 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
              sims: str | Path | None = None, cache: str | Path | None = None, relevance: str | Path | None = None,
              split: str = "test", scenarios: str | Sequence[str] | None = "all", json_path: str | Path | None = None,
              flags: EvalFlags | None = None, device: str = "auto", plots: bool = True,
-             print_table: bool = True) -> dict[str, Any]:
+             print_table: bool = True, examples: int = 0) -> dict[str, Any]:
     """Evaluate one input (see the module docstring); write the results JSON and plots.
 
     Args:
@@ -106,6 +106,8 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
         flags: the protocol flags (:class:`EvalFlags`).
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         plots, print_table: write the PNGs; print the table.
+        examples: for a run, write ``examples.html`` beside the JSON with this many seeded
+            queries per scenario (:mod:`featvlr.evaluation.examples`); 0: none.
 
     Returns:
         The results record (the JSON's content, plus ``"json"``: its path).
@@ -115,6 +117,8 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
     given = [x for x in (target, embeddings, sims) if x is not None]
     if len(given) != 1:
         raise FeatvlrError("give exactly one input: a run folder or checkpoint, --embeddings FILE or --sims FILE")
+    if examples and target is None:
+        raise FeatvlrError("--examples needs a run folder or checkpoint (it shows what the run retrieves)")
     chosen = parse_scenarios(scenarios)
     dev = str(pick_device(device))
     config = None
@@ -165,6 +169,11 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
             inputs.update(kind="sims", path=str(source))
             metrics = _sims_metrics(source, st, relevance, chosen, opts, curves, inputs, dev)
     out = Path(json_path) if json_path else json_default
+    if examples:
+        from featvlr.evaluation.examples import write_run_examples
+
+        extra["examples"] = str(write_run_examples(method, config, tpath, cache_path, inputs["split"], examples,
+                                                   out.parent / "examples.html", dev))
     protocol = protocol_record(split=inputs.get("split"), metrics=metrics, folds=opts.folds, ks=opts.ks,
                                ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k, backend=opts.backend,
                                t2t_without_siblings=opts.t2t_without_siblings)

@@ -36,6 +36,8 @@ def eval_command(
     chunk_elements: int | None = typer.Option(None, help="Most query x gallery scores held at once "
                                               "(default 50,000,000)."),
     plots: bool = typer.Option(True, help="Write the Recall@K and per-scenario PNGs."),
+    examples: int = typer.Option(0, help="For a run: write examples.html beside the JSON with N seeded queries "
+                                 "per scenario, their top 5 and the ground truth's rank."),
 ) -> None:
     """Evaluate a run, or embeddings / a similarity matrix from any model, with featvlr's protocols.
 
@@ -52,11 +54,13 @@ def eval_command(
                       t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol)
     record = run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance, split=split,
                       scenarios=scenarios, json_path=json_path, flags=flags, device=device, plots=plots,
-                      print_table=False)
+                      print_table=False, examples=examples)
     from featvlr.evaluation.results import format_results
 
     typer.echo(format_results(record))
     typer.echo(f"results: {record['json']}")
+    if record.get("examples"):
+        typer.echo(f"examples: {record['examples']}")
 
 
 def register(app: typer.Typer) -> None:
