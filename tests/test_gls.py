@@ -275,3 +275,107 @@ def test_one_command_trains_both_stages(tmp_path):
     before = (tmp_path / "run" / "stage1" / "ckpt" / "last.pt").stat().st_mtime_ns
     assert GLS.prepare(cfg, tmp_path / "run").model.stage1 == str(tmp_path / "run" / "stage1")
     assert (tmp_path / "run" / "stage1" / "ckpt" / "last.pt").stat().st_mtime_ns == before
+
+
+# -- bit-identity of the in-place alignment ----------------------------------------------------
+
+
+def _reference_aggregate(a, rm, wm, mode):
+    """``_aggregate`` as first written (masked copies of the alignment tensor)."""
+    neg = torch.finfo(a.dtype).min
+    has_r, has_w = rm.any(1), wm.any(3)
+
+    def mrsw():
+        return a.masked_fill(~rm, neg).amax(1).masked_fill(~wm[:, 0] | ~has_r, 0.0).sum(-1)
+
+    def mwsr():
+        return a.masked_fill(~wm, neg).amax(3).masked_fill(~rm[..., 0] | ~has_w, 0.0).sum(1)
+
+    if mode == "MrSw":
+        return mrsw()
+    if mode == "MwSr":
+        return mwsr()
+    if mode == "symm":
+        return mrsw() + mwsr()
+    n_words = wm.sum(3)[:, 0].to(a.dtype)
+    if mode == "MrAVGw":
+        return mrsw() / n_words.clamp_min(1.0)
+    total = a.masked_fill(~(rm & wm), 0.0).sum((1, 3))
+    if mode == "sum":
+        return total
+    return total / (rm.sum(1)[..., 0].to(a.dtype) * n_words).clamp_min(1.0)
+
+
+def _reference_alignment_scores(image_tokens, image_mask, text_tokens, text_mask, *, mode="MrSw",
+                                max_elements=1 << 26):
+    """``alignment_scores`` as first written: the faster version must give the same bits."""
+    ni, r, d = image_tokens.shape
+    nt, w, _ = text_tokens.shape
+    if ni == 0 or nt == 0 or w == 0 or r == 0:
+        return image_tokens.new_zeros(ni, nt)
+    t_block = max(1, min(nt, max_elements // (r * w)))
+    i_block = max(1, min(ni, max_elements // (r * w * t_block)))
+    rows = []
+    for i0 in range(0, ni, i_block):
+        img = image_tokens[i0:i0 + i_block]
+        flat_img = img.reshape(-1, d)
+        cols = []
+        for t0 in range(0, nt, t_block):
+            txt = text_tokens[t0:t0 + t_block]
+            a = (flat_img @ txt.reshape(-1, d).t()).view(img.shape[0], r, txt.shape[0], w)
+            cols.append(_reference_aggregate(a, image_mask[i0:i0 + i_block, :, None, None],
+                                             text_mask[None, None, t0:t0 + t_block], mode))
+        rows.append(torch.cat(cols, 1))
+    return torch.cat(rows, 0)
+
+
+@pytest.mark.parametrize("mode", ALIGNMENT_MODES)
+@pytest.mark.parametrize("all_regions", [False, True])
+def test_alignment_scores_and_gradients_are_bit_identical_to_the_reference(monkeypatch, mode, all_regions):
+    import featvlr.modules.alignment as alignment
+    from featvlr.modules.alignment import alignment_scores, pair_alignment_scores
+
+    g = torch.Generator().manual_seed(5)
+    ni, r, nt, w, d = 9, 6, 11, 7, 16
+    rl = torch.full((ni,), r) if all_regions else torch.randint(0, r + 1, (ni,), generator=g)
+    rm = torch.arange(r)[None] < rl[:, None]
+    tm = torch.arange(w)[None] < torch.randint(0, w + 1, (nt,), generator=g)[:, None]
+    img, txt = torch.randn(ni, r, d, generator=g), torch.randn(nt, w, d, generator=g)
+    weights = torch.randn(ni, nt, generator=g)
+    for budget in (1 << 26, r * w * 3, 1):  # one block, blocks of captions, one pair at a time
+        got = []
+        for fn in (alignment_scores, _reference_alignment_scores):
+            v, t = img.clone().requires_grad_(), txt.clone().requires_grad_()
+            s = fn(F.normalize(v, dim=-1), rm, F.normalize(t, dim=-1), tm, mode=mode, max_elements=budget)
+            (s * weights).sum().backward()
+            got.append((s.detach(), v.grad, t.grad))
+        assert all(torch.equal(x, y) for x, y in zip(*got)), budget
+    # the pair form (no gradient) against itself with the masked copies of the reference
+    rows_i, rows_t = torch.randint(0, ni, (30,), generator=g), torch.randint(0, nt, (30,), generator=g)
+    pairs = pair_alignment_scores(img, rm, txt, tm, rows_i, rows_t, mode=mode, max_elements=200)
+    monkeypatch.setattr(alignment, "_fill_masked_", lambda *args: False)
+    assert torch.equal(pairs, pair_alignment_scores(img, rm, txt, tm, rows_i, rows_t, mode=mode, max_elements=200))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gls_step_is_bit_identical_to_the_reference_alignment(monkeypatch, stage):
+    """Losses and every parameter gradient of a training step with the reference alignment
+    in place of the current one (stage 1 and stage 2; dropout on)."""
+    import featvlr.modules.alignment as alignment
+
+    results = []
+    for fn in (alignment.alignment_scores, _reference_alignment_scores):
+        monkeypatch.setattr(alignment, "alignment_scores", fn)
+        torch.manual_seed(0)
+        m = GLS(_opts(stage=stage, eval_mode="L" if stage == 1 else "GL"), GLSLossOptions(), DIMS)
+        m.stage1_ready.fill_(True)
+        m.train()
+        torch.manual_seed(1)  # the same dropout draws in both runs
+        out = m.training_step(_batch(), StepState(epoch=1))
+        sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+        results.append(({k: v.detach() for k, v in out.items()},
+                        {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert out_a.keys() == out_b.keys() and all(torch.equal(out_a[k], out_b[k]) for k in out_a)
+    assert grads_a and grads_a.keys() == grads_b.keys()
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)

@@ -319,3 +319,100 @@ def test_ddp_two_ranks_equal_one_process(tmp_path):
         for n, g in one["enc_grads"].items():
             avg = (ranks[0][padding]["enc_grads"][n] + ranks[1][padding]["enc_grads"][n]) / 2
             torch.testing.assert_close(avg, g, rtol=1e-3, atol=1e-5)
+
+
+# -- bit-identity of the in-place fragment similarity -----------------------------------------
+
+
+def _reference_fragment_similarity(words, word_mask, regions, region_mask, *, topk=10, padding="masked",
+                                   negative_slope=0.1, chunk_elements=1 << 25):
+    """The fragment similarity as first written (masked copies of the [c, I, W, R] block,
+    out-of-place passes): the faster version must give the same bits."""
+    n_txt, n_words, _ = words.shape
+    n_img, n_reg, _ = regions.shape
+    true_word = word_mask.bool()
+    if padding == "paper":
+        lengths = true_word.sum(1, keepdim=True)
+        pos = torch.arange(n_words).unsqueeze(0)
+        sel_word = pos < lengths.clamp_min(topk)
+        reg = torch.ones_like(region_mask, dtype=torch.bool)
+    else:
+        sel_word, reg = true_word, region_mask.bool()
+    words = F.normalize(words, dim=-1) * sel_word.unsqueeze(-1).to(words.dtype)
+    regions = F.normalize(regions, dim=-1) * reg.unsqueeze(-1).to(regions.dtype)
+    chunk = max(1, chunk_elements // max(1, n_img * n_words * n_reg))
+    out = {"t2i_topk": [], "t2i_mean": [], "i2t_topk": [], "i2t_mean": []}
+    reg_b = reg.view(1, n_img, 1, n_reg)
+
+    def masked_topk(x, valid, k):
+        kk = min(k, x.shape[-1])
+        top = x.masked_fill(~valid, float("-inf")).topk(kk, dim=-1).values
+        top = top.masked_fill(torch.isinf(top), 0.0)
+        return F.pad(top, (0, k - kk)) if kk < k else top
+
+    def masked_mean(x, valid):
+        v = valid.to(x.dtype)
+        return (x * v).sum(-1) / v.sum(-1).clamp_min(1.0)
+
+    for start in range(0, n_txt, chunk):
+        w = words[start:start + chunk]
+        c = w.shape[0]
+        tw = true_word[start:start + chunk].view(c, 1, n_words)
+        sw = sel_word[start:start + chunk].view(c, 1, n_words)
+        a = F.leaky_relu(torch.einsum("cwd,ird->ciwr", w, regions), negative_slope)
+        row = F.normalize(a, dim=2).masked_fill(~reg_b, float("-inf")).amax(dim=3)
+        row = row.masked_fill(torch.isinf(row), 0.0)
+        out["t2i_mean"].append(masked_mean(row, tw.expand_as(row)))
+        out["t2i_topk"].append(masked_topk(row, sw.expand_as(row), topk))
+        col = F.normalize(a, dim=3).masked_fill(~tw.unsqueeze(-1), float("-inf")).amax(dim=2)
+        col = col.masked_fill(torch.isinf(col), 0.0)
+        regs = reg.unsqueeze(0).expand_as(col)
+        out["i2t_mean"].append(masked_mean(col, regs))
+        out["i2t_topk"].append(masked_topk(col, regs, topk))
+    cat = {k: torch.cat(v, dim=0) for k, v in out.items()}
+    return cat["t2i_topk"], cat["t2i_mean"], cat["i2t_topk"].transpose(0, 1), cat["i2t_mean"].t()
+
+
+def test_fragment_similarity_is_bit_identical_to_the_reference():
+    g = torch.Generator().manual_seed(3)
+    for n_txt, n_img, w, r, d in ((5, 4, 6, 5, 8), (24, 17, 11, 9, 32), (3, 2, 1, 1, 4)):
+        wl = torch.randint(0, w + 1, (n_txt,), generator=g)  # a caption without words included
+        rl = torch.randint(1, r + 1, (n_img,), generator=g)
+        wm, rm = torch.arange(w)[None] < wl[:, None], torch.arange(r)[None] < rl[:, None]
+        words, regions = torch.randn(n_txt, w, d, generator=g), torch.randn(n_img, r, d, generator=g)
+        for padding in ("masked", "paper"):
+            for chunk in (1, 97, 1 << 25):
+                got = fragment_similarity(words, wm, regions, rm, topk=4, padding=padding, chunk_elements=chunk)
+                ref = _reference_fragment_similarity(words, wm, regions, rm, topk=4, padding=padding,
+                                                     chunk_elements=chunk)
+                for name, want in zip(("t2i_topk", "t2i_mean", "i2t_topk", "i2t_mean"), ref):
+                    assert torch.equal(getattr(got, name), want), (n_txt, padding, chunk, name)
+
+
+def test_hrem_graph_step_is_bit_identical_to_the_reference(monkeypatch):
+    """The whole graph-on step (losses and every parameter gradient) with the reference
+    fragment similarity in place of the current one."""
+    import featvlr.modules.relation as relation
+
+    batch = collate(sample_items(10, seed=4))
+    results = []
+    for fn in (relation.fragment_similarity, _reference_fragment_similarity):
+        if fn is _reference_fragment_similarity:
+            def fn(*args, **kw):  # noqa: F811 - the reference wrapped into FragmentScores
+                t2i_topk, t2i_mean, i2t_topk, i2t_mean = _reference_fragment_similarity(*args, **kw)
+                return relation.FragmentScores(t2i_topk=t2i_topk, t2i_mean=t2i_mean,
+                                               i2t_topk=i2t_topk.contiguous(), i2t_mean=i2t_mean.contiguous())
+        monkeypatch.setattr(relation, "fragment_similarity", fn)
+        for padding in ("masked", "paper"):
+            m = tiny_method(padding=padding, dropout=0.0, seed=1)
+            out = m(batch, StepState(step=5, epoch=1))
+            total = sum(v for k, v in out.items() if k.endswith("_loss"))
+            total.backward()
+            results.append((padding, {k: v.detach() for k, v in out.items()},
+                            {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    new, ref = results[:2], results[2:]
+    for (pad, out_a, grads_a), (_, out_b, grads_b) in zip(new, ref):
+        assert out_a.keys() == out_b.keys() and "graph_loss" in out_a
+        assert all(torch.equal(out_a[k], out_b[k]) for k in out_a), pad
+        assert grads_a.keys() == grads_b.keys()
+        assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a), pad

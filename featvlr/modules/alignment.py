@@ -86,21 +86,49 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown alignment mode {mode!r} (known: {', '.join(ALIGNMENT_MODES)})")
 
 
-def _aggregate(a: torch.Tensor, rm: torch.Tensor, wm: torch.Tensor, mode: str) -> torch.Tensor:
+def _fill_masked_(a: torch.Tensor, rm: torch.Tensor, wm: torch.Tensor, mode: str) -> bool:
+    """Write, in place, the value the reduction of ``mode`` needs into the masked entries of
+    a freshly computed alignment tensor (the lowest float before a max, 0 before a sum), so
+    that :func:`_aggregate` reads it as is instead of building a masked copy (the largest
+    temporary of the score). ``a`` is ``[X, R, Y, W]`` (masks as in :func:`_aggregate`) or
+    the ``[X * R, Y * W]`` product it is a view of (masks ``[X * R, 1]`` and ``[1, Y * W]``).
+    Returns False, leaving ``a`` untouched, for ``symm``, which reads ``a`` twice.
+
+    Under autograd, ``a`` must be the product itself (not a view of it): the in-place fill
+    is then recorded like the masked copy it replaces, with the same values and gradients.
+    On the CPU a mask that hides nothing (every region valid, as with BUTD's 36 regions and
+    no region dropout) is not applied at all.
+    """
+    if mode in ("MrSw", "MrAVGw"):
+        hide, value = ~rm, torch.finfo(a.dtype).min
+    elif mode == "MwSr":
+        hide, value = ~wm, torch.finfo(a.dtype).min
+    elif mode in ("sum", "mean"):
+        hide, value = ~(rm & wm), 0.0
+    else:
+        return False
+    if a.device.type != "cpu" or bool(hide.any()):  # (the check would wait on an accelerator)
+        a.masked_fill_(hide, value)
+    return True
+
+
+def _aggregate(a: torch.Tensor, rm: torch.Tensor, wm: torch.Tensor, mode: str, *, filled: bool = False
+               ) -> torch.Tensor:
     """Aggregate alignments ``a [X, R, Y, W]`` into ``[X, Y]``.
 
     ``rm`` (regions) broadcasts to ``[X, R, Y, 1]`` and ``wm`` (words) to ``[X, 1, Y, W]``.
+    ``filled``: :func:`_fill_masked_` already wrote the masked entries of ``a``.
     """
     neg = torch.finfo(a.dtype).min
     has_r = rm.any(1)  # [X|1, Y|1, 1]
     has_w = wm.any(3)  # [X|1, 1, Y|1]
 
     def max_regions_sum_words() -> torch.Tensor:
-        best = a.masked_fill(~rm, neg).amax(1)  # [X, Y, W]
+        best = (a if filled else a.masked_fill(~rm, neg)).amax(1)  # [X, Y, W]
         return best.masked_fill(~wm[:, 0] | ~has_r, 0.0).sum(-1)
 
     def max_words_sum_regions() -> torch.Tensor:
-        best = a.masked_fill(~wm, neg).amax(3)  # [X, R, Y]
+        best = (a if filled else a.masked_fill(~wm, neg)).amax(3)  # [X, R, Y]
         return best.masked_fill(~rm[..., 0] | ~has_w, 0.0).sum(1)
 
     if mode == "MrSw":
@@ -112,7 +140,7 @@ def _aggregate(a: torch.Tensor, rm: torch.Tensor, wm: torch.Tensor, mode: str) -
     n_words = wm.sum(3)[:, 0].to(a.dtype)  # [X|1, Y|1]
     if mode == "MrAVGw":
         return max_regions_sum_words() / n_words.clamp_min(1.0)
-    total = a.masked_fill(~(rm & wm), 0.0).sum((1, 3))
+    total = (a if filled else a.masked_fill(~(rm & wm), 0.0)).sum((1, 3))
     if mode == "sum":
         return total
     if mode == "mean":
@@ -148,8 +176,11 @@ def alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_
         cols = []
         for t0 in range(0, nt, t_block):
             txt = text_tokens[t0:t0 + t_block]
-            a = (flat_img @ txt.reshape(-1, d).t()).view(img.shape[0], r, txt.shape[0], w)
-            cols.append(_aggregate(a, rm, text_mask[None, None, t0:t0 + t_block], mode))
+            wm = text_mask[None, None, t0:t0 + t_block]
+            a = flat_img @ txt.reshape(-1, d).t()  # [ni * R, nt * W]
+            filled = _fill_masked_(a, rm.reshape(-1, 1), wm.reshape(1, -1), mode)
+            a = a.view(img.shape[0], r, txt.shape[0], w)
+            cols.append(_aggregate(a, rm, wm, mode, filled=filled))
         rows.append(torch.cat(cols, 1) if len(cols) > 1 else cols[0])
     return torch.cat(rows, 0) if len(rows) > 1 else rows[0]
 
@@ -200,7 +231,9 @@ def pair_alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, 
         wmask = text_mask[t] & valid[..., None]
         img = image_rows[pos[:, 0]]
         a = torch.bmm(image_tokens[img], words.reshape(len(sel), m * w, d).transpose(1, 2)).view(len(sel), r, m, w)
-        scores = _aggregate(a, image_mask[img][:, :, None, None], wmask[:, None], mode)
+        rm, wm = image_mask[img][:, :, None, None], wmask[:, None]
+        filled = not a.requires_grad and _fill_masked_(a, rm, wm, mode)  # a view: in place only without autograd
+        scores = _aggregate(a, rm, wm, mode, filled=filled)
         out[pos[valid]] = scores[valid].float()
         g0 += len(sel)
     return out

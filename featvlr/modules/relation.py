@@ -99,7 +99,9 @@ def fragment_similarity(words: torch.Tensor, word_mask: torch.Tensor, regions: t
     else:
         sel_word, reg = true_word, region_mask.bool()
     words = F.normalize(words, dim=-1) * sel_word.unsqueeze(-1).to(words.dtype)
-    regions = F.normalize(regions, dim=-1) * reg.unsqueeze(-1).to(regions.dtype)
+    regions = F.normalize(regions, dim=-1)
+    if padding != "paper":  # "paper" keeps every region slot (x * 1.0 is x: skipped)
+        regions = regions * reg.unsqueeze(-1).to(regions.dtype)
 
     chunk = max(1, chunk_elements // max(1, n_img * n_words * n_reg))
     out: dict[str, list[torch.Tensor]] = {"t2i_topk": [], "t2i_mean": [], "i2t_topk": [], "i2t_mean": []}
@@ -109,14 +111,23 @@ def fragment_similarity(words: torch.Tensor, word_mask: torch.Tensor, regions: t
         c = w.shape[0]
         tw = true_word[start:start + chunk].view(c, 1, n_words)
         sw = sel_word[start:start + chunk].view(c, 1, n_words)
-        a = F.leaky_relu(torch.einsum("cwd,ird->ciwr", w, regions), negative_slope)  # [c, I, W, R]
+        # The [c, I, W, R] block is the large temporary: it is built once, every pass over it
+        # runs in place (no gradient here), and a mask with nothing to hide is not applied.
+        a = F.leaky_relu(torch.einsum("cwd,ird->ciwr", w, regions), negative_slope, inplace=True)
+        # F.normalize's arithmetic (norm, clamp at 1e-12, divide), both norms taken from `a`.
+        norm_w = a.norm(2, 2, keepdim=True).clamp_min(1e-12).expand_as(a)
+        norm_r = a.norm(2, 3, keepdim=True).clamp_min(1e-12).expand_as(a)
         # caption -> image: normalise over words, best region per word
-        row = F.normalize(a, dim=2).masked_fill(~reg_b, float("-inf")).amax(dim=3)  # [c, I, W]
+        row = a / norm_w
+        if padding != "paper":  # "paper" keeps every region slot
+            row.masked_fill_(~reg_b, float("-inf"))
+        row = row.amax(dim=3)  # [c, I, W]
         row = row.masked_fill(torch.isinf(row), 0.0)
         out["t2i_mean"].append(_masked_mean(row, tw.expand_as(row)))
         out["t2i_topk"].append(_masked_topk(row, sw.expand_as(row), topk))
         # image -> caption: normalise over regions, best true word per region
-        col = F.normalize(a, dim=3).masked_fill(~tw.unsqueeze(-1), float("-inf")).amax(dim=2)  # [c, I, R]
+        col = a.div_(norm_r).masked_fill_(~tw.unsqueeze(-1), float("-inf")).amax(dim=2)  # [c, I, R]
+        del a, norm_w, norm_r
         col = col.masked_fill(torch.isinf(col), 0.0)  # a caption without valid words
         regs = reg.unsqueeze(0).expand_as(col)
         out["i2t_mean"].append(_masked_mean(col, regs))
