@@ -69,3 +69,26 @@ def test_composed_page_marks_the_target(tmp_path):
     assert {item["truth"][0] for item in section["items"]} <= set(comp["target"].tolist())
     page = write_examples(model, tmp_path / "examples.html", split="val", n=2)
     assert page.read_text().count("class='row'") == 2
+
+
+def test_thumbnails_where_the_cache_records_an_image_folder(tmp_path):
+    import h5py
+    from PIL import Image
+
+    from featvlr.config import load_config
+
+    cache = write_composed_cache(tmp_path / "toy.h5")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with h5py.File(cache, "a") as f:
+        f.attrs["sources"] = json.dumps({"images_dir": str(folder)})
+        ids = [s.decode() for s in f["images/val/ids"][:]]
+    for n, name in enumerate(ids):
+        Image.new("RGB", (32, 24), (40 * (n % 6), 120, 200 - 30 * (n % 6))).save(folder / f"{name}.png")
+    cfg = load_config(None, ["method=combiner", f"data.cache={cache}", "data.dataset=cirr",
+                             "model.projection_dim=32", "model.hidden_dim=48"])
+    model = _direct_model(make_method("combiner", cache), cfg, cache, tmp_path)
+    out = tmp_path / "run" / "eval" / "examples.html"
+    out.parent.mkdir(parents=True)
+    text = write_examples(model, out, split="val", n=2).read_text()
+    assert text.count("<img src='../../images/") == 2 * 6  # reference + top 5 per query, relative paths

@@ -170,7 +170,7 @@ class _Page:
             query = self.image(q["image_row"], label="query")
         else:
             query = self.image(q["reference"], label="reference") + \
-                f"<div class='card mod'><div class='head'>modifier</div><div class='txt'>{_e(q['text'])}</div></div>"
+                f"<div class='card mod'><div class='head'>modifier</div><div class='txt'>{_e(q['text'] or '(no raw text in the cache)')}</div></div>"
         show = self.text if scenario == "i2t" else self.image
         hits = [show(h["row"], truth=h["truth"], score=h["score"], label=f"#{n + 1}  {h['score']:+.3f}")
                 for n, h in enumerate(item["hits"])]

@@ -61,6 +61,14 @@ class GalleryIndex:
     path: Path | None = None
     built: bool = False
     _faiss: dict[tuple[str, str], FaissIndex] = field(default_factory=dict, repr=False)
+    _finite: dict[tuple, bool] = field(default_factory=dict, repr=False)
+
+    def finite(self, side: str, embeddings: torch.Tensor) -> bool:
+        """Whether the ``side`` embeddings hold no NaN or inf (checked once per tensor)."""
+        key = (side, embeddings.data_ptr(), tuple(embeddings.shape))
+        if key not in self._finite:
+            self._finite[key] = bool(torch.isfinite(embeddings).all())
+        return self._finite[key]
 
     def faiss(self, side: str, embeddings: torch.Tensor, kind: str = "flat", **options: Any) -> FaissIndex:
         """The FAISS index of the ``side`` (``"images"`` or ``"texts"``) embeddings, built once

@@ -77,7 +77,8 @@ def rank_queries(model: Any, scenario: str, *, split: str = "test", k: int = 10,
     if scenario == "composed":
         if backend != "exact":
             return idx.faiss("images", idx.images, backend.split("-", 1)[1]).search(queries, k, exclude=exclude)
-        return embedding_top_items(queries, idx.images, k, exclude=exclude)
+        return embedding_top_items(queries, idx.images, k, exclude=exclude,
+                                   gallery_finite=idx.finite("images", idx.images))
     if scenario == "t2i":
         q_txt = queries if queries is not None else _take(idx.texts, rows)
         q_img, gallery_side = None, "images"
@@ -86,13 +87,15 @@ def rank_queries(model: Any, scenario: str, *, split: str = "test", k: int = 10,
             raise FeatvlrError(f"{scenario} queries are image rows of the split")
         q_img = _take(idx.images, rows)
         gallery_side = "texts" if scenario == "i2t" else "images"
-    if scenario == "i2i" or backend != "exact":
-        emb = global_embeddings(method, idx.images, idx.texts)
+    plan = method.shortlist_plan(idx.images, idx.texts)
+    shortlisted = plan is not None and plan.get("shortlist") is not None
+    emb = global_embeddings(method, idx.images, idx.texts)
+    if scenario == "i2i" or backend != "exact" or (emb is not None and not shortlisted):
+        # dot products of global embeddings: the evaluation's EmbeddingScores, the gallery checked once
         if emb is None:
             raise FeatvlrError(f"method {method.name!r} scores pairs only: {scenario if scenario == 'i2i' else 'FAISS'}"
                                " needs global embeddings")
-        plan = method.shortlist_plan(idx.images, idx.texts)
-        if backend != "exact" and plan is not None and plan.get("shortlist") is not None:
+        if backend != "exact" and shortlisted:
             raise FeatvlrError(f"method {method.name!r} re-ranks a shortlist: search it with the exact backend")
         gallery = emb[0] if gallery_side == "images" else emb[1]
         if scenario == "t2i":
@@ -102,7 +105,7 @@ def rank_queries(model: Any, scenario: str, *, split: str = "test", k: int = 10,
         exc = rows if scenario == "i2i" else None
         if backend != "exact":
             return idx.faiss(gallery_side, gallery, backend.split("-", 1)[1]).search(q, k, exclude=exc)
-        return embedding_top_items(q, gallery, k, exclude=exc)
+        return embedding_top_items(q, gallery, k, exclude=exc, gallery_finite=idx.finite(gallery_side, gallery))
     if scenario == "t2i":
         return top_items(cross_source(method, idx.images, q_txt, "texts"), k)
     return top_items(cross_source(method, q_img, idx.texts, "images"), k)

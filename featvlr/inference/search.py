@@ -85,9 +85,29 @@ def top_items(source: ScoreSource, k: int, *, exclude: Any = None,
     return values, rows
 
 
-def embedding_top_items(queries: Any, gallery: Any, k: int, *, exclude: Any = None,
+class CheckedGalleryScores(EmbeddingScores):
+    """:class:`~featvlr.retrieval.EmbeddingScores` over a gallery already known to be finite
+    (a gallery index checks it once): only the queries are screened, so a one-query search
+    costs a matmul and a top-k, not a pass over the whole gallery."""
+
+    def __init__(self, queries: Any, gallery: Any):
+        q = as_tensor(queries)
+        g = as_tensor(gallery, device=q.device)
+        if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+            raise FeatvlrError(f"embeddings must be [n, d] with the same d; got {tuple(q.shape)} and {tuple(g.shape)}")
+        if q.device.type == "cpu" or g.dtype != q.dtype:
+            q, g = q.float(), g.float()
+        self.queries, self.gallery, self.device = q, g, q.device
+        self.n_queries, self.n_gallery = q.shape[0], g.shape[0]
+        self._gt = g.t()
+        self.check_blocks = not bool(torch.isfinite(q).all())
+
+
+def embedding_top_items(queries: Any, gallery: Any, k: int, *, exclude: Any = None, gallery_finite: bool = False,
                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`top_items` of dot products of ``[Q, d]`` queries and a ``[G, d]`` gallery."""
+    """:func:`top_items` of dot products of ``[Q, d]`` queries and a ``[G, d]`` gallery
+    (``gallery_finite``: checked already, see :class:`CheckedGalleryScores`)."""
     q = as_tensor(queries)
-    return top_items(EmbeddingScores(q, as_tensor(gallery, device=q.device)), k, exclude=exclude,
-                     chunk_elements=chunk_elements)
+    g = as_tensor(gallery, device=q.device)
+    source = CheckedGalleryScores(q, g) if gallery_finite else EmbeddingScores(q, g)
+    return top_items(source, k, exclude=exclude, chunk_elements=chunk_elements)
