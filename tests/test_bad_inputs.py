@@ -323,7 +323,7 @@ def test_interrupted_train_says_what_is_saved_and_how_to_resume(world, tmp_path,
 
 def test_interrupt_before_the_first_epoch_leaves_no_run_folder(world, tmp_path):
     run = tmp_path / "run"
-    proc = _popen(*_train_args(world, run, 40, "train.max_steps_per_epoch=0", "train.log_every=1"), cwd=tmp_path)
+    proc = _popen(*_train_args(world, run, 40, "train.batch_size=4", "train.log_every=1"), cwd=tmp_path)
     _wait_for(proc, lambda: _log_steps(run)[0] >= 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
