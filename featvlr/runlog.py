@@ -54,6 +54,17 @@ class _Bar:
             self._line()
             self.lines = False
 
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool = True, stream: Any = None) -> _Bar:
+    """A bar on a terminal, a few plain lines in a file or a pipe (``with`` closes it)."""
+    return _Bar(total, desc, enabled, stream)
+
 
 def is_terminal(stream: Any) -> bool:
     """Whether ``stream`` is an interactive terminal (where a redrawn bar belongs)."""

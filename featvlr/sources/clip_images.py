@@ -23,10 +23,11 @@ def image_path(dataset: str, images_dir: Path, split: ComposedSplit, name: str) 
 
 def encode_images(model, paths: list[Path], batch_size: int, progress: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
+
+    from featvlr.runlog import progress_bar
 
     out = []
-    with tqdm(total=len(paths), desc="images", unit="img", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(len(paths), "images", enabled=progress, stream=sys.stderr) as bar:
         for start in range(0, len(paths), batch_size):
             batch = []
             for p in paths[start:start + batch_size]:

@@ -229,10 +229,10 @@ def _release(arr: np.ndarray, start: int, stop: int) -> None:
 
 
 def _progress(progress: bool, total: int, desc: str, unit: str):
-    from tqdm.auto import tqdm
+    """A bar on a terminal, plain lines when stderr is a file or a pipe (``unit`` names the items)."""
+    from featvlr.runlog import progress_bar
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, file=sys.stderr, dynamic_ncols=True,
-                unit_scale=True, leave=True)
+    return progress_bar(total, f"{desc} ({unit})", enabled=progress, stream=sys.stderr)
 
 
 def _write_images(w, split: _Split, dtype, chunk_bytes: int, progress: bool) -> None:
