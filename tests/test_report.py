@@ -3,6 +3,7 @@ wins and losses by query, and the HTML page of a small ablation."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
@@ -167,3 +168,11 @@ def test_report_html_of_a_small_ablation(base_config, tmp_path, capsys):
     assert "| `vse` | 2 |" in text and "| `hrem` | 2 |" in text and "All metrics" not in text
     assert sorted(p.name for p in (tmp_path / "rep2").glob("*.png")) == ["metrics_vs_method.png",
                                                                          "training_curves.png"]
+    # a run with an examples page (featvlr eval RUN --examples N) is linked from the report
+    first = Path(result["runs"][0]["run_dir"])
+    (first / "eval" / "examples.html").write_text("<html></html>")
+    code, _, err = run_cli_main(["report", out, "--out", tmp_path / "rep3"], capsys)
+    assert code == 0, err
+    links = re.findall(r"href='([^']+)'", (tmp_path / "rep3" / "report.html").read_text())
+    assert links and all((tmp_path / "rep3" / link).resolve() == (first / "eval" / "examples.html").resolve()
+                         for link in links)

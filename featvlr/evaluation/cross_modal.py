@@ -166,7 +166,7 @@ def _cross_modal(img, txt, sims, data: SplitData, folds: int, directions: list[s
     sl = (shortlist, shortlist) if isinstance(shortlist, int) else shortlist
     for img_idx, txt_idx, local, n_fold in iter_folds(data.txt2img, data.n_images, folds):
         positives = {"i2t": group_positives(local, n_fold).to(device), "t2i": torch.as_tensor(local, device=device)}
-        sources = _cross_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, sl, device)
+        sources = cross_score_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, sl, device)
         res: dict[str, float] = {}
         for d in directions:
             if backend != "exact":
@@ -191,7 +191,7 @@ def _cross_modal(img, txt, sims, data: SplitData, folds: int, directions: list[s
     return average_folds(per_fold)
 
 
-def _cross_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, shortlist,
+def cross_score_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, shortlist,
                    device) -> dict[str, ScoreSource]:
     if img is not None or sims is not None:
         out: dict[str, ScoreSource]

@@ -36,7 +36,7 @@ def cross_source(method: Any, images: Any, texts: Any, queries: str) -> ScoreSou
         images, texts: ``encode_images`` / ``encode_texts`` outputs (tensors or dicts).
         queries: ``"images"`` or ``"texts"``.
     """
-    from featvlr.evaluation.cross_modal import _cross_sources
+    from featvlr.evaluation.cross_modal import cross_score_sources
     from featvlr.evaluation.methods import pairwise_score_fn
 
     if queries not in DIRECTIONS:
@@ -49,15 +49,15 @@ def cross_source(method: Any, images: Any, texts: Any, queries: str) -> ScoreSou
         if isinstance(shortlist, int):
             shortlist = (shortlist, shortlist)
         score_fn = pairwise_score_fn(method, images, texts) if plan.get("rerank_fn") is None else None
-        sources = _cross_sources(img, txt, None, sizes, None, None, score_fn, plan.get("rerank_fn"), shortlist,
+        sources = cross_score_sources(img, txt, None, sizes, None, None, score_fn, plan.get("rerank_fn"), shortlist,
                                  img.device)
     elif method.pairwise or isinstance(images, dict):
         device = next(iter(images.values())).device if isinstance(images, dict) else images.device
-        sources = _cross_sources(None, None, None, sizes, None, None, pairwise_score_fn(method, images, texts),
+        sources = cross_score_sources(None, None, None, sizes, None, None, pairwise_score_fn(method, images, texts),
                                  None, None, device)
     else:
         img = as_tensor(images)
-        sources = _cross_sources(img, as_tensor(texts, device=img.device), None, sizes, None, None, None, None,
+        sources = cross_score_sources(img, as_tensor(texts, device=img.device), None, sizes, None, None, None, None,
                                  None, img.device)
     return sources[DIRECTIONS[queries]]
 

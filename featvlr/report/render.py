@@ -163,6 +163,19 @@ def _short(text: str, n: int = 110) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _examples_links(data: ReportData, folder: Path) -> str:
+    """Links to each variant's examples pages (one per seed), relative to the report."""
+    import os
+
+    links = []
+    for v in data.variants:
+        with_pages = [r for r in v.runs if r.examples is not None]
+        for run in with_pages:
+            name = v.label + (f" (seed {run.seed})" if len(with_pages) > 1 else "")
+            links.append(f"<a href='{html.escape(os.path.relpath(run.examples, folder))}'>{html.escape(name)}</a>")
+    return ", ".join(links)
+
+
 def write_html(data: ReportData, path: Path) -> None:
     page = ["<!doctype html><html><head><meta charset='utf-8'><title>featvlr report</title>",
             f"<style>{CSS}</style></head><body>", "<h1>featvlr report</h1>",
@@ -170,6 +183,9 @@ def write_html(data: ReportData, path: Path) -> None:
             "<h2>Headline</h2>", _html_table(data, data.headline + [TRAIN_TIME], "headline", True)]
     if data.notes:
         page.append("<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in data.notes) + "</ul>")
+    examples = _examples_links(data, path.parent)
+    if examples:
+        page.append("<p class='lead'>Retrieved examples: " + examples + "</p>")
     if data.changes and data.other is not None:
         page.append(f"<h2 id='changes'>Where {html.escape(data.other.label)} wins and loses against "
                     f"{html.escape(data.baseline.label)}</h2><p class='lead'>Test queries with the largest change of "

@@ -38,6 +38,12 @@ class RunRecord:
         return str(self.config.get("data", {}).get("test_split") or "")
 
     @property
+    def examples(self) -> Path | None:
+        """The run's examples page (``featvlr eval RUN --examples N``), when it has one."""
+        page = self.run_dir / "eval" / "examples.html"
+        return page if page.exists() else None
+
+    @property
     def train_seconds(self) -> float | None:
         """Seconds spent in training epochs (the ``time_s`` of the log's epoch records)."""
         times = [float(r["time_s"]) for r in self.log if r.get("event") == "epoch" and "time_s" in r]
