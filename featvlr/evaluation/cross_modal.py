@@ -192,7 +192,9 @@ def _cross_modal(img, txt, sims, data: SplitData, folds: int, directions: list[s
 
 
 def cross_score_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, shortlist,
-                   device) -> dict[str, ScoreSource]:
+                        device) -> dict[str, ScoreSource]:
+    """The i2t and t2i score sources of one fold: a dense matrix (``sims``), embeddings, a
+    pairwise ``score_fn``, or a global shortlist re-ranked by ``rerank_fn``."""
     if img is not None or sims is not None:
         out: dict[str, ScoreSource]
         if sims is not None:
