@@ -13,9 +13,14 @@ set to ``--embed`` (512):
 - ``gls`` stage 1 (TERAN token transformers + MrSw hinge, ``gls_s1``) and stage 2 (global
   transformers on the frozen stage-1 tokens, CMC + MrSw hinge, ``gls_s2``).
 
-Prints pairs/s, median ms/step and the ratio of each step to the ``vse`` step. With
-``--profile METHOD`` it also prints a ``torch.profiler`` table (top ops by self CPU time)
-of one step of that method.
+Prints pairs/s, median ms/step (wall clock and this process's CPU time, the steadier of the
+two on a machine shared with other jobs), the ratio of each step to the ``vse`` step, and the
+GFLOP of the step's matrix products (``torch.utils.flop_counter``: forward and backward), so
+that a ratio of times can be read against the ratio of work the method asks for. The counter
+does not see the fused inference kernel of a frozen ``nn.TransformerEncoder`` (no gradient,
+eval mode): ``gls_s2``'s count leaves out its stage-1 forward (about a third of ``gls_s1``'s
+count). With ``--profile METHOD`` it also prints a ``torch.profiler`` table (top ops by
+self CPU time) of one step of that method.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_method_steps.py [--images 3000] [--steps 3]
         [--family demo|f30k] [--methods vse hrem hrem_graph gls_s1 gls_s2 covlr]
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import write_f30k_shaped  # noqa: E402
@@ -103,6 +109,7 @@ def main() -> None:
     ap.add_argument("--profile", default=None, choices=list(VARIANTS),
                     help="print a torch.profiler table of one step of this method")
     ap.add_argument("--rows", type=int, default=25, help="rows of the profiler table")
+    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one more step per method)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="cache file to write once and reuse")
     args = ap.parse_args()
@@ -126,19 +133,28 @@ def main() -> None:
               f"{n_pre} batches pre-built")
 
         methods = list(dict.fromkeys((["vse"] if "vse" not in args.methods else []) + args.methods))
-        rows: dict[str, tuple[float, float]] = {}
+        rows: dict[str, tuple[float, float, float]] = {}
         print(f"medians of {args.steps} steps; 'cpu' is this process's CPU time, steadier than wall time "
-              "on a shared machine")
-        print(f"{'method':<12} {'pairs/s':>8} {'ms/step':>8} {'cpu ms':>8} {'x vse':>6} {'cpu x vse':>9}   "
-              "wall ms of each step")
+              "on a shared machine; GFLOP: matrix products of one step (forward + backward; a frozen "
+              "transformer's fused inference kernel is not counted)")
+        print(f"{'method':<12} {'pairs/s':>8} {'ms/step':>8} {'cpu ms':>8} {'x vse':>6} {'cpu x vse':>9} "
+              f"{'GFLOP':>7} {'x vse':>6}   wall ms of each step")
         for name in methods:
             method, state = build_method(name, args.family, args.embed, dims, device)
-            wall, cpu = time_steps(make_step(method, state), batches, args.steps, args.warmup)
+            step = make_step(method, state)
+            wall, cpu = time_steps(step, batches, args.steps, args.warmup)
+            gflop = float("nan")
+            if not args.no_flops:
+                with FlopCounterMode(display=False) as counter:
+                    step(batches[0])
+                gflop = counter.get_total_flops() / 1e9
             ms, cpu_ms = statistics.median(wall) * 1000, statistics.median(cpu) * 1000
-            rows[name] = (ms, cpu_ms)
-            print(f"{name:<12} {args.batch / ms * 1000:8.1f} {ms:8.0f} {cpu_ms:8.0f} {ms / rows['vse'][0]:6.2f} "
-                  f"{cpu_ms / rows['vse'][1]:9.2f}   " + " ".join(f"{t * 1000:.0f}" for t in wall), flush=True)
-            del method
+            rows[name] = (ms, cpu_ms, gflop)
+            ref = rows["vse"]
+            print(f"{name:<12} {args.batch / ms * 1000:8.1f} {ms:8.0f} {cpu_ms:8.0f} {ms / ref[0]:6.2f} "
+                  f"{cpu_ms / ref[1]:9.2f} {gflop:7.1f} {gflop / ref[2]:6.2f}   "
+                  + " ".join(f"{t * 1000:.0f}" for t in wall), flush=True)
+            del method, step
 
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
