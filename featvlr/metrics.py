@@ -7,8 +7,8 @@ CUDA) and compute exact results by chunks through :mod:`featvlr.retrieval`; the
 
 Definitions (``METHODS.md`` section 2):
 
-- Ranks are 0-based; ``R@K = 100 * mean(rank < K)``; ``medr = floor(median(rank)) + 1``;
-  ``meanr = mean(rank) + 1``. An image's i2t rank is that of its best caption.
+- Ranks are 0-based; ``R@K = 100 * hits / n`` (hits: queries with rank < K, so 11 of 20
+  is exactly 55.0); ``medr = floor(median(rank)) + 1``; ``meanr = mean(rank) + 1``. An image's i2t rank is that of its best caption.
 - Ties are broken pessimistically: a rank counts every other (non-ground-truth, non-excluded)
   candidate scoring at least as high as the ground truth; see :mod:`featvlr.retrieval`.
 - ``rsum`` is the sum of the i2t and t2i recalls; with ``folds > 1`` every metric is the mean
@@ -59,7 +59,7 @@ def recall_from_ranks(ranks_: Any, ks: Sequence[int], *, prefix: str = "", with_
     r = _valid_ranks(ranks_)
     if len(r) == 0:
         raise FeatvlrError("no query has a ground truth in its gallery")
-    out = {f"{prefix}R@{k}": float(100.0 * np.mean(r < k)) for k in ks}
+    out = {f"{prefix}R@{k}": 100.0 * int(np.count_nonzero(r < k)) / len(r) for k in ks}
     if with_ranks:
         out[f"{prefix}medr"] = float(math.floor(np.median(r)) + 1)
         out[f"{prefix}meanr"] = float(np.mean(r) + 1)

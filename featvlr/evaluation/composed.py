@@ -158,8 +158,8 @@ def evaluate_composed(query_emb: Any, gallery_emb: Any, composed: Mapping[str, A
             r = main.numpy()
             for cat in sorted(set(cats.tolist())):
                 sel = r[cats == cat]
-                res[f"{cat}_R@10"] = float(100.0 * np.mean(sel < 10))
-                res[f"{cat}_R@50"] = float(100.0 * np.mean(sel < 50))
+                res[f"{cat}_R@10"] = 100.0 * int(np.count_nonzero(sel < 10)) / len(sel)
+                res[f"{cat}_R@50"] = 100.0 * int(np.count_nonzero(sel < 50)) / len(sel)
     res["n_queries"] = float(len(rows))
     return {f"composed/{k}": float(v) for k, v in res.items()}
 
