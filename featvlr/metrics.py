@@ -8,7 +8,8 @@ CUDA) and compute exact results by chunks through :mod:`featvlr.retrieval`; the
 Definitions (``METHODS.md`` section 2):
 
 - Ranks are 0-based; ``R@K = 100 * hits / n`` (hits: queries with rank < K, so 11 of 20
-  is exactly 55.0); ``medr = floor(median(rank)) + 1``; ``meanr = mean(rank) + 1``. An image's i2t rank is that of its best caption.
+  is exactly 55.0); ``medr = floor(median(rank)) + 1``; ``meanr = mean(rank) + 1``. An
+  image's i2t rank is that of its best caption.
 - Ties are broken pessimistically: a rank counts every other (non-ground-truth, non-excluded)
   candidate scoring at least as high as the ground truth; see :mod:`featvlr.retrieval`.
 - ``rsum`` is the sum of the i2t and t2i recalls; with ``folds > 1`` every metric is the mean
