@@ -1,7 +1,7 @@
 """`featvlr extract`: cache frozen features of a dataset the user has on disk.
 
-Sub-commands are thin wrappers over :func:`featvlr.sources.precomp.extract_precomp` and
-:func:`featvlr.sources.composed.extract_composed`. Ctrl-C or SIGTERM stops an extract with one
+Sub-commands are thin wrappers over :func:`featvlr.sources.precomp.extract_precomp`,
+:func:`featvlr.sources.images.extract_images` and :func:`featvlr.sources.composed.extract_composed`. Ctrl-C or SIGTERM stops an extract with one
 line saying that it left nothing behind (the cache is only renamed into place when complete).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ extract_app = typer.Typer(
     help=(
         "Cache frozen features of a dataset into one HDF5 file (features/<name>.h5 by default).\n\n"
         "`precomp`: SCAN/BUTD region features with captions (Flickr30K, COCO). "
+        "`images`: raw images and a Karpathy split JSON through a local vision backbone. "
         "`composed`: CIRR, FashionIQ or Shoes composed-retrieval triplets."
     ),
     no_args_is_help=True,
@@ -28,6 +29,12 @@ extract_app = typer.Typer(
 class Dtype(str, Enum):
     float16 = "float16"
     float32 = "float32"
+
+
+class Restval(str, Enum):
+    skip = "skip"
+    train = "train"
+    split = "split"
 
 
 class Dataset(str, Enum):
@@ -96,6 +103,51 @@ def precomp(
     typer.echo(f"wrote {path}")
 
 
+@extract_app.command("images")
+def images(
+    images_dir: Path = typer.Option(..., "--images", help="The image folder (<images>/<filepath>/<filename>, or "
+                                                          "<images>/<filename>)."),
+    annotations: Path = typer.Option(..., "--annotations", help="Karpathy split JSON (dataset_flickr30k.json, "
+                                     "dataset_coco.json): images[].filename, filepath, split, sentences[].raw."),
+    backbone: Path = typer.Option(..., "--backbone", help="Local Hugging Face vision model folder (CLIP, SigLIP, "
+                                  "ViT, DINOv2 vision tower, or a full CLIP/SigLIP model) with its "
+                                  "preprocessor_config.json. Nothing is downloaded."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache to write. Default: features/<name>.h5 from "
+                                                           "dataset_<name>.json."),
+    restval: Restval = typer.Option(Restval.skip, "--restval", help="COCO's restval images: skip them, join them "
+                                    "to train (the RC training set), or keep them as a split of their own."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits: train,dev,test (Karpathy "
+                                                                "'val' is dev). Default: all."),
+    text_model: Optional[Path] = typer.Option(None, "--text-model", help="Local sentence-transformers or Hugging "
+                                              "Face BERT folder. Default: all-MiniLM-L6-v2 (384-d)."),
+    dtype: Dtype = typer.Option(Dtype.float16, "--dtype", help="Storage type of image and text features."),
+    relevance: str = typer.Option("compute", "--relevance", help="As for `extract precomp`: 'compute', 'none', a "
+                                  "FILE for the one evaluation split, or SPLIT=FILE|compute|none,..."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out missing or unreadable images (and their "
+                                  "captions), name and count them, instead of stopping with exit status 2."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per backbone forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes decoding and preprocessing "
+                                          "images. Default: up to 8, one core left free."),
+    device: Optional[str] = typer.Option(None, "--device", help="Backbone and text-encoder device. Default: CUDA "
+                                                                "when present (fp16 autocast there)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache (kept until the new one "
+                                                              "is complete)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Raw images through a local vision backbone: patch tokens, pooled vector, captions, relevance.
+
+    Example: featvlr extract images --images data/flickr30k-images --annotations
+    data/dataset_flickr30k.json --backbone models/clip-vit-base-patch32 --out features/f30k_clip.h5
+    """
+    from featvlr.sources.images import default_out_path, extract_images
+
+    path = _interruptible(out or default_out_path(annotations), lambda: extract_images(
+        images_dir, annotations, backbone, out, restval=restval.value, splits=_split_list(splits),
+        text_model=text_model, dtype=dtype.value, relevance=relevance, skip_bad=skip_bad, batch_size=batch_size,
+        workers=workers, device=device, overwrite=overwrite, progress=progress, command=_command_line()))
+    typer.echo(f"wrote {path}")
+
+
 @extract_app.command("composed")
 def composed(
     dataset: Dataset = typer.Option(..., "--dataset", help="Which JSON layout ROOT holds."),
@@ -112,8 +164,10 @@ def composed(
     clip_model: Optional[Path] = typer.Option(None, "--clip-model", help="Local sentence-transformers CLIP folder: "
                                               "encodes the raw images (without --image-features) and the texts "
                                               "(without --text-model)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Raw image folder for --clip-model. Default: the "
-                                          "dataset's own image folder."),
+    backbone: Optional[Path] = typer.Option(None, "--backbone", help="Local vision model folder (as for `extract "
+                                            "images`) encoding the raw images into its pooled vector."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Raw image folder for --clip-model or --backbone. "
+                                          "Default: the dataset's own image folder."),
     text_model: Optional[Path] = typer.Option(None, "--text-model", help="Text encoder folder. Default: the CLIP "
                                               "text tower with --clip-model, else all-MiniLM-L6-v2."),
     splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated base splits (train,val,test1...). "
@@ -133,12 +187,12 @@ def composed(
 
     path = _interruptible(out or Path("features") / f"{dataset.value}.h5", lambda: extract_composed(
         dataset.value, root, out, image_features=image_features, image_names=image_names,
-        aug_features=aug_features, clip_model=clip_model, images_dir=images, text_model=text_model,
+        aug_features=aug_features, clip_model=clip_model, backbone=backbone, images_dir=images, text_model=text_model,
         dtype=dtype.value, overwrite=overwrite, progress=progress, splits=_split_list(splits),
         batch_size=batch_size, device=device, command=_command_line()))
     typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add `featvlr extract precomp|composed` to the app."""
+    """Add `featvlr extract precomp|images|composed` to the app."""
     app.add_typer(extract_app, name="extract")

@@ -2,7 +2,8 @@
 
 Prints the splits with their image and text counts, every dataset's shape and dtype, the
 provenance attributes (format and featvlr versions, creating command, sources, text
-encoder) and the size on disk. The cache is opened through :class:`featvlr.store.FeatureStore`,
+encoder, and for raw images the vision backbone's name, folder and preprocessing) and the
+size on disk. The cache is opened through :class:`featvlr.store.FeatureStore`,
 so a truncated or corrupt file is reported as one clear error. ``--check`` reads every
 value (:func:`featvlr.cache_check.check_cache`) and names the split, dataset and first bad row.
 """
@@ -57,6 +58,19 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def format_backbone(backbone: dict[str, Any]) -> list[str]:
+    """The lines naming the vision backbone of a raw-image cache: name, folder, outputs and
+    preprocessing (``sources["backbone"]``, written by ``featvlr extract images``)."""
+    lines = ["  backbone:"]
+    for key in ("name", "folder", "class", "regions", "global", "precision"):
+        if key in backbone:
+            lines.append(f"    {key + ':':15s}{backbone[key]}")
+    prep = backbone.get("preprocessing")
+    if prep:
+        lines.append(f"    {'preprocessing:':15s}{json.dumps(prep, separators=(', ', ': '))}")
+    return lines
+
+
 def format_info(info: dict[str, Any]) -> str:
     """The human-readable text that `featvlr info` prints."""
     attrs = dict(info["attrs"])
@@ -67,6 +81,9 @@ def format_info(info: dict[str, Any]) -> str:
     sources = attrs.pop("sources", None)
     for key, value in attrs.items():
         lines.append(f"  {key + ':':17s}{value}")
+    if isinstance(sources, dict) and isinstance(sources.get("backbone"), dict):
+        sources = dict(sources)
+        lines += format_backbone(sources.pop("backbone"))
     if sources:
         text = json.dumps(sources, indent=2) if not isinstance(sources, str) else sources
         lines.append("  sources:")

@@ -1,4 +1,10 @@
-"""Raw images of a composed split and their encoding by a sentence-transformers CLIP model."""
+"""Raw images of a composed split, encoded into global vectors by a local vision backbone.
+
+The images go through :class:`~featvlr.sources.vision_backbone.VisionBackbone`, the same
+module as ``featvlr extract images``: a sentence-transformers CLIP folder (``clip_model``)
+gives CLIP's projected image embeddings, as ``SentenceTransformer.encode`` does; any other
+vision folder (``backbone``) gives its pooled vector.
+"""
 from __future__ import annotations
 
 import sys
@@ -21,22 +27,19 @@ def image_path(dataset: str, images_dir: Path, split: ComposedSplit, name: str) 
     return images_dir / rel
 
 
-def encode_images(model, paths: list[Path], batch_size: int, progress: bool) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+def encode_images(backbone, paths: list[Path], batch_size: int, progress: bool, workers: int = 0) -> np.ndarray:
+    """Global vectors ``float32 [N, G]`` of the image files ``paths`` (a
+    :class:`~featvlr.sources.vision_backbone.VisionBackbone`); an unreadable file raises
+    :class:`InputError` naming it."""
     from featvlr.runlog import progress_bar
 
-    out = []
+    out = np.zeros((len(paths), backbone.global_dim), np.float32)
     with progress_bar(len(paths), "images", enabled=progress, stream=sys.stderr) as bar:
-        for start in range(0, len(paths), batch_size):
-            batch = []
-            for p in paths[start:start + batch_size]:
-                try:
-                    with Image.open(p) as im:
-                        batch.append(im.convert("RGB"))
-                except (OSError, UnidentifiedImageError) as exc:
-                    raise InputError(p, f"cannot read the image ({exc})") from None
-            out.append(np.asarray(model.encode(batch, batch_size=batch_size, show_progress_bar=False),
-                                  dtype=np.float32))
-            bar.update(len(batch))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        for rows, _, pooled, bad in backbone.iter_encode(paths, batch_size=batch_size, workers=workers,
+                                                         dtype=np.float32, regions=False):
+            if bad:
+                row, why = bad[0]
+                raise InputError(paths[row], why)
+            out[rows] = pooled
+            bar.update(len(rows))
+    return out

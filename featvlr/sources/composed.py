@@ -21,7 +21,8 @@ a names file (``image_names``: one name per line, or a JSON list), or an ``.npz`
 holding either ``names`` + ``features`` arrays or one vector per image keyed by its name.
 A name that is not found exactly is matched by its file stem (``dev-1-0-img0.png`` and
 ``dev-1-0-img0`` match) when that is unambiguous. Alternatively ``clip_model`` (a local
-sentence-transformers CLIP folder) encodes the raw images under ``images_dir``. The
+sentence-transformers CLIP folder) or ``backbone`` (any local vision model folder) encodes
+the raw images under ``images_dir`` through :mod:`~featvlr.sources.vision_backbone`. The
 modifier texts are encoded into pooled vectors by the text encoder: the CLIP text tower
 when ``clip_model`` is given and ``text_model`` is not, else ``text_model`` (default
 all-MiniLM-L6-v2). Optional ``aug_features`` ``[N, K, Dg]`` (keyed like the image
@@ -86,6 +87,7 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLike | None = None, *,
                      image_features: str | os.PathLike | None = None, image_names: str | os.PathLike | None = None,
                      aug_features: str | os.PathLike | None = None, clip_model: str | os.PathLike | None = None,
+                     backbone: str | os.PathLike | None = None,
                      images_dir: str | os.PathLike | None = None, text_model: str | os.PathLike | None = None,
                      dtype: str = "float32", overwrite: bool = False, progress: bool = True,
                      splits: list[str] | None = None, batch_size: int = 256, device: str | None = None,
@@ -101,7 +103,10 @@ def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLi
         aug_features: ``[N, K, Dg]`` augmented views of reference images, keyed like the features.
         clip_model: a local sentence-transformers CLIP folder: encodes raw images (when no
             ``image_features``) and the texts (when no ``text_model``).
-        images_dir: the raw images for ``clip_model`` (default: the dataset's image folder).
+        backbone: a local vision model folder encoding the raw images (its pooled vector);
+            takes precedence over ``clip_model`` for images.
+        images_dir: the raw images for ``clip_model`` / ``backbone`` (default: the dataset's
+            image folder).
         text_model: the text encoder folder or a loaded
             :class:`~featvlr.sources.text_encoder.TextEncoder` (default: all-MiniLM-L6-v2
             unless ``clip_model``).
@@ -126,8 +131,9 @@ def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLi
     out = Path(out) if out is not None else Path("features") / f"{dataset}.h5"
     if out.exists() and not overwrite:
         raise InputError(out, "the cache exists already; pass --overwrite to replace it")
-    if image_features is None and clip_model is None:
-        raise ConfigError("give --image-features FILE, or --clip-model DIR (with --images DIR) to encode raw images")
+    if image_features is None and clip_model is None and backbone is None:
+        raise ConfigError("give --image-features FILE, or --clip-model DIR or --backbone DIR (with --images DIR) "
+                          "to encode raw images")
     started = time.time()
     root = resolve_root(Path(root), dataset)
     plan = READERS[dataset](root, list(splits) if splits else None)
@@ -146,6 +152,10 @@ def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLi
 
     if clip_model is not None:
         check_model_folder(clip_model)
+    if backbone is not None:
+        from featvlr.sources.vision_backbone import resolve_backbone_folder
+
+        resolve_backbone_folder(backbone)
     image_root = None
     if table is None:
         image_root = Path(images_dir) if images_dir is not None else (
@@ -160,7 +170,6 @@ def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLi
     else:
         encoder = TextEncoder(text_model if text_model is not None or clip_model is None else clip_model,
                               device=device, batch_size=batch_size)
-    clip = encoder.model if (clip_model is not None and text_model is None) else None
 
     sources: dict[str, Any] = {
         "layout": dataset, "root": str(root.resolve()), "text_model": str(encoder.path.resolve()),
@@ -168,6 +177,7 @@ def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLi
         "image_names": str(Path(image_names).resolve()) if image_names else None,
         "aug_features": str(Path(aug_features).resolve()) if aug_features else None,
         "clip_model": str(Path(clip_model).resolve()) if clip_model else None,
+        "backbone": None,
         "images_dir": str(image_root.resolve()) if image_root else None,
         "splits": {s.name: s.files for s in plan},
     }
@@ -183,13 +193,14 @@ def extract_composed(dataset: str, root: str | os.PathLike, out: str | os.PathLi
                 feats = table.array[table.lookup(s.gallery)]
             else:
                 if image_model is None:
-                    from featvlr.sources.text_encoder import load_sentence_transformer
+                    from featvlr.sources.vision_backbone import VisionBackbone
 
-                    image_model = clip if clip is not None else load_sentence_transformer(clip_model, device)
+                    image_model = VisionBackbone(backbone if backbone is not None else clip_model, device=device,
+                                                 amp=dtype == "float16")
+                    sources["backbone"] = image_model.provenance()
+                    w.set_attr("sources", sources)
                 paths = [image_path(dataset, image_root, s, n) for n in s.gallery]
                 feats = encode_images(image_model, paths, batch_size, progress)
-                if not np.all(np.isfinite(feats)):
-                    raise InputError(clip_model, "the model produced NaN or inf image features")
             g = f"images/{s.name}"
             w.write(f"{g}/global", np.ascontiguousarray(feats, dtype=np_dtype))
             w.write(f"{g}/ids", list(s.gallery))

@@ -43,7 +43,8 @@ import numpy as np
 
 from featvlr.errors import ConfigError, InputError
 
-__all__ = ["extract_precomp", "read_captions", "find_splits", "default_out_path"]
+__all__ = ["extract_precomp", "read_captions", "find_splits", "default_out_path", "write_texts", "write_relevance",
+           "relevance_plan"]
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 CAPTIONS_PER_IMAGE = 5
@@ -308,6 +309,21 @@ def _write_relevance(w, split: _Split, progress: bool) -> str | None:
             bar.update(rows.stop - rows.start)
     dset.attrs["definition"] = "ROUGE-L F (coco-caption: lower-case, whitespace tokens, beta 1.2), TERAN"
     return "computed"
+
+
+# The caption and relevance half of a cache split, shared with featvlr.sources.images: ``split``
+# needs ``name``, ``captions`` (5 per image), ``n_images``, ``relevance`` and ``relevance_array``.
+def write_texts(w, split, encoder, dtype, progress: bool) -> None:
+    """Caption tokens, offsets, pooled vectors, image index and raw text of ``split``."""
+    _write_texts(w, split, encoder, dtype, progress)
+
+
+def write_relevance(w, split, progress: bool) -> str | None:
+    """``relevance/<split>/rougeL`` as planned (computed, imported or none); what was done."""
+    return _write_relevance(w, split, progress)
+
+
+relevance_plan = _relevance_plan
 
 
 def extract_precomp(root: str | os.PathLike, out: str | os.PathLike | None = None, *,
