@@ -39,6 +39,10 @@ def plot_results(record: dict[str, Any], stem: str | Path) -> list[Path]:
         ax.set_xlabel("K")
         ax.set_ylabel("Recall@K (%)")
         ax.set_xscale("log")
+        longest = max((len(ys) for ys in curves.values()), default=1)
+        ticks = [k for k in (1, 5, 10, 20, 50, 100) if k <= longest]
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.minorticks_off()
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
