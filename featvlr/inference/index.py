@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
 from featvlr.fileio import atomic_path
-from featvlr.retrieval import FAISS_INDEXES, as_tensor
+from featvlr.retrieval import as_tensor
+from featvlr.retrieval.faiss_backend import build_faiss_index, import_faiss
 
 INDEX_FORMAT = 1
 
@@ -124,32 +123,15 @@ class FaissIndex:
     def __init__(self, embeddings: Any = None, kind: str = "flat", *, nlist: int | None = None, nprobe: int = 16,
                  hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128, train_size: int = 100_000,
                  seed: int = 0, _index: Any = None):
-        faiss = _faiss()
+        import_faiss()  # a clear error before any work when faiss is missing
         self.kind = kind
         if _index is not None:
             self.index = _index
             return
         g = np.ascontiguousarray(as_tensor(embeddings).float().cpu().numpy())
-        if g.ndim != 2:
-            raise FeatvlrError(f"a FAISS gallery must be [n, d], got shape {g.shape}")
-        d = g.shape[1]
-        if kind == "flat":
-            idx = faiss.IndexFlatIP(d)
-        elif kind == "ivf":
-            nlist = int(nlist or max(1, min(g.shape[0] // 39, int(4 * math.sqrt(g.shape[0])))))
-            idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(seed)
-            sample = g if g.shape[0] <= train_size else g[np.sort(rng.choice(g.shape[0], train_size, replace=False))]
-            idx.train(sample)
-            idx.nprobe = min(int(nprobe), nlist)
-        elif kind == "hnsw":
-            idx = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            idx.hnsw.efConstruction = int(ef_construction)
-            idx.hnsw.efSearch = int(ef_search)
-        else:
-            raise FeatvlrError(f"unknown FAISS index {kind!r} (known: {', '.join(FAISS_INDEXES)})")
-        idx.add(g)
-        self.index = idx
+        self.index = build_faiss_index(g, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                                       ef_construction=ef_construction, ef_search=ef_search,
+                                       train_size=train_size, seed=seed)
 
     @property
     def ntotal(self) -> int:
@@ -176,13 +158,13 @@ class FaissIndex:
         return scores.masked_fill(ids < 0, float("-inf")), ids
 
     def save(self, path: Path) -> None:
-        faiss = _faiss()
+        faiss = import_faiss()
         with atomic_path(path) as tmp:
             faiss.write_index(self.index, str(tmp))
 
     @classmethod
     def load(cls, path: Path) -> FaissIndex | None:
-        faiss = _faiss()
+        faiss = import_faiss()
         try:
             idx = faiss.read_index(str(path))
         except Exception:  # noqa: BLE001 - an unreadable file is rebuilt
@@ -190,10 +172,3 @@ class FaissIndex:
         kind = "hnsw" if hasattr(idx, "hnsw") else "ivf" if hasattr(idx, "nprobe") else "flat"
         return cls(kind=kind, _index=idx)
 
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise FeatvlrError("the FAISS backend needs faiss (pip install faiss-cpu)") from None
-    return faiss

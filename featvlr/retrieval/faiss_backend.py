@@ -13,6 +13,43 @@ from featvlr.retrieval.tensors import _index_matrix, as_index, as_tensor
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
 
+def import_faiss():
+    """The ``faiss`` module, or a clear error naming the package to install."""
+    try:
+        import faiss
+    except ImportError:
+        raise FeatvlrError("the FAISS backend needs faiss (pip install faiss-cpu)") from None
+    return faiss
+
+
+def build_faiss_index(gallery: np.ndarray, index: str = "flat", *, nlist: int | None = None, nprobe: int = 16,
+                      hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
+                      train_size: int = 100_000, seed: int = 0) -> Any:
+    """A FAISS inner-product index over ``gallery [G, d]`` (float32, C-contiguous), vectors
+    added; the index types and options of :func:`faiss_search`."""
+    faiss = import_faiss()
+    if gallery.ndim != 2:
+        raise FeatvlrError(f"a FAISS gallery must be [n, d], got shape {gallery.shape}")
+    n, d = gallery.shape
+    if index == "flat":
+        idx = faiss.IndexFlatIP(d)
+    elif index == "ivf":
+        nlist = int(nlist or max(1, min(n // 39, int(4 * math.sqrt(n)))))
+        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = gallery if n <= train_size else gallery[np.sort(rng.choice(n, train_size, replace=False))]
+        idx.train(sample)
+        idx.nprobe = min(int(nprobe), nlist)
+    elif index == "hnsw":
+        idx = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+        idx.hnsw.efConstruction = int(ef_construction)
+        idx.hnsw.efSearch = int(ef_search)
+    else:
+        raise FeatvlrError(f"unknown FAISS index {index!r} (known: {', '.join(FAISS_INDEXES)})")
+    idx.add(gallery)
+    return idx
+
+
 def faiss_search(queries: Any, gallery: Any, k: int, *, index: str = "flat", nlist: int | None = None,
                  nprobe: int = 16, hnsw_m: int = 32, ef_construction: int = 200, ef_search: int = 128,
                  train_size: int = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -30,32 +67,13 @@ def faiss_search(queries: Any, gallery: Any, k: int, *, index: str = "flat", nli
         ``scores [Q, k]`` float32 and ``ids [Q, k]`` int64 numpy arrays (ids -1 where fewer
         than k were found).
     """
-    try:
-        import faiss
-    except ImportError:
-        raise FeatvlrError("the FAISS backend needs faiss (pip install faiss-cpu)") from None
     q = np.ascontiguousarray(as_tensor(queries).float().cpu().numpy())
     g = np.ascontiguousarray(as_tensor(gallery).float().cpu().numpy())
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise FeatvlrError(f"embeddings must be [n, d] with the same d; got {q.shape} and {g.shape}")
-    d = g.shape[1]
     k = min(int(k), g.shape[0])
-    if index == "flat":
-        idx = faiss.IndexFlatIP(d)
-    elif index == "ivf":
-        nlist = int(nlist or max(1, min(g.shape[0] // 39, int(4 * math.sqrt(g.shape[0])))))
-        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = g if g.shape[0] <= train_size else g[np.sort(rng.choice(g.shape[0], train_size, replace=False))]
-        idx.train(sample)
-        idx.nprobe = min(int(nprobe), nlist)
-    elif index == "hnsw":
-        idx = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-        idx.hnsw.efConstruction = int(ef_construction)
-        idx.hnsw.efSearch = max(int(ef_search), k)
-    else:
-        raise FeatvlrError(f"unknown FAISS index {index!r} (known: {', '.join(FAISS_INDEXES)})")
-    idx.add(g)
+    idx = build_faiss_index(g, index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                            ef_search=max(int(ef_search), k), train_size=train_size, seed=seed)
     scores, ids = idx.search(q, k)
     return scores, ids.astype(np.int64)
 
