@@ -217,3 +217,26 @@ def test_cli_extract_info_and_train_vse_hrem(dataset, tmp_path, cli, tiny_tower)
                                  "eval.dev_scenarios=[i2t, t2i]", "eval.scenarios=[i2t, t2i]"])
         result = train(cfg, tmp_path / f"run_{method}")
         assert (tmp_path / f"run_{method}" / "ckpt" / "last.pt").is_file(), result
+
+
+@pytest.mark.parametrize("kind,regions,pooled", [("vit", 16, "class token"), ("dinov2", 4, "pooler_output"),
+                                                 ("siglip", 16, "pooler_output")])
+def test_other_vision_towers(tmp_path, kind, regions, pooled):
+    """ViT, DINOv2 and SigLIP towers: patch tokens without the class token, their pooled vector."""
+    import transformers as tf
+
+    from featvlr.sources.vision_backbone import VisionBackbone
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    model, proc = {
+        "vit": (tf.ViTModel(tf.ViTConfig(**common, image_size=32, patch_size=8)),
+                tf.ViTImageProcessor(size={"height": 32, "width": 32})),
+        "dinov2": (tf.Dinov2Model(tf.Dinov2Config(**common, image_size=28, patch_size=14)),
+                   tf.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})),
+        "siglip": (tf.SiglipVisionModel(tf.SiglipVisionConfig(**common, image_size=32, patch_size=8)),
+                   tf.SiglipImageProcessor(size={"height": 32, "width": 32})),
+    }[kind]
+    model.save_pretrained(tmp_path / kind)
+    proc.save_pretrained(tmp_path / kind)
+    bb = VisionBackbone(tmp_path / kind, device="cpu")
+    assert (bb.n_regions, bb.dim, bb.global_kind) == (regions, 32, pooled)

@@ -15,7 +15,7 @@ What is kept of a forward pass:
   map is flattened to its ``h x w`` grid cells.
 * ``global`` ``[B, G]``: CLIP's projected ``image_embeds`` where the model has a projection,
   else the model's ``pooler_output`` (SigLIP's attention head, DINOv2's normed class token),
-  else the class token.
+  else the class token (ViT: its tanh pooler is left out, classification checkpoints lack it).
 
 Throughput: files are decoded and preprocessed in DataLoader workers into pinned memory;
 batches go to the GPU when present and run under fp16 autocast there; the outputs of batch
@@ -179,6 +179,8 @@ class VisionBackbone:
         if hasattr(config, "vision_config") and not hasattr(config, "patch_size"):
             raise InputError(config.name_or_path, f"model type {config.model_type!r} is not a vision tower "
                                                   f"featvlr knows how to take apart ({', '.join(_TOWERS)})")
+        if config.model_type == "vit":          # the pooler of a ViT checkpoint is often untrained
+            return "ViTModel", {"add_pooling_layer": False}
         for arch in getattr(config, "architectures", None) or []:
             if arch.endswith(("Model", "ModelWithProjection")):
                 return arch, {}
