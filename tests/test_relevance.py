@@ -94,7 +94,68 @@ def test_chunks_equal_whole_matrix():
 def test_teran_single_space_split():
     caps = ["a  dog ", "a dog", "dog a", "the cat", "cat"] + ["one", "two  three", "four", "five", "six "]
     np.testing.assert_allclose(rouge_l(caps, split_on=" "), naive_rouge(caps, sep=" "), atol=1e-6)
-    np.testing.assert_allclose(rouge_l(caps), naive_rouge(caps), atol=1e-6)
+    np.testing.assert_allclose(rouge_l(caps, split_on=None), naive_rouge(caps), atol=1e-6)
+
+
+def teran_rouge(captions: list[str], per_image: int = 5) -> np.ndarray:
+    """TERAN's rule verbatim in spirit: ``c.lower().split(" ")``, LCS, max P and max R, beta 1.2."""
+    n_img = len(captions) // per_image
+    out = np.zeros((len(captions), n_img), dtype=np.float32)
+    for q, cand in enumerate(captions):
+        tc = cand.lower().split(" ")
+        for j in range(n_img):
+            prec, rec = [], []
+            for ref in captions[j * per_image:(j + 1) * per_image]:
+                tr = ref.lower().split(" ")
+                lcs = naive_lcs(tr, tc)
+                prec.append(lcs / float(len(tc)))
+                rec.append(lcs / float(len(tr)))
+            p, r = max(prec), max(rec)
+            out[q, j] = ((1 + 1.2 ** 2) * p * r) / float(r + 1.2 ** 2 * p) if p != 0 and r != 0 else 0.0
+    return out
+
+
+def irregular_captions(n: int, seed: int) -> list[str]:
+    """Captions with double, leading and trailing spaces and periods glued to words."""
+    rng = random.Random(seed)
+    words = "a A the dog Dog cat man woman runs sits on in grass red blue big small".split()
+    out = []
+    for _ in range(n):
+        toks = [rng.choice(words) for _ in range(rng.randint(1, 12))]
+        if rng.random() < 0.5:
+            toks[-1] += "."                                # glued period
+        text = ""
+        for i, t in enumerate(toks):
+            text += (" " * rng.choice([1, 1, 1, 2, 3]) if i else "") + t
+        if rng.random() < 0.3:
+            text = " " + text
+        if rng.random() < 0.4:
+            text += " " * rng.choice([1, 2])
+        out.append(text)
+    return out
+
+
+def test_default_is_teran_rule_on_irregular_spacing():
+    caps = irregular_captions(80, seed=11)
+    assert any("  " in c for c in caps) and any(c.endswith(" ") for c in caps) and any(c.endswith(".") for c in caps)
+    want = teran_rouge(caps, 5)
+    np.testing.assert_allclose(rouge_l(caps, captions_per_image=5), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([b for _, b in iter_rouge_l(caps, 5, rows_per_chunk=9)]), want,
+                               rtol=0, atol=1e-6)
+    # the whitespace variant differs on such captions, and is still available
+    loose = rouge_l(caps, split_on=None)
+    assert np.abs(loose - want).max() > 1e-3
+    np.testing.assert_allclose(loose, naive_rouge(caps), atol=1e-6)
+
+
+def test_rouge_tokens_sets_the_default_for_a_block():
+    from featvlr.relevance import rouge_tokens
+
+    caps = irregular_captions(20, seed=12)
+    with rouge_tokens(None):
+        np.testing.assert_array_equal(rouge_l(caps), rouge_l(caps, split_on=None))
+        np.testing.assert_array_equal(rouge_l(caps, split_on=" "), rouge_l(caps, split_on=" "))
+    np.testing.assert_array_equal(rouge_l(caps), rouge_l(caps, split_on=" "))
 
 
 def test_bad_caption_count():

@@ -31,6 +31,11 @@ class Dtype(str, Enum):
     float32 = "float32"
 
 
+class RougeTokens(str, Enum):
+    teran = "teran"
+    whitespace = "whitespace"
+
+
 class Restval(str, Enum):
     skip = "skip"
     train = "train"
@@ -84,6 +89,9 @@ def precomp(
     relevance: str = typer.Option("compute", "--relevance", help="Caption x image relevance of the evaluation "
                                   "splits (all but train): 'compute' (TERAN ROUGE-L), 'none', a TERAN or RVLR "
                                   "relevance FILE for the one evaluation split, or SPLIT=FILE|compute|none,..."),
+    rouge_tokens: RougeTokens = typer.Option(RougeTokens.teran, "--rouge-tokens", help="Tokens of the computed "
+                                             "ROUGE-L: 'teran' (lower-case, split on single spaces, as TERAN's "
+                                             "published files) or 'whitespace' (split on any run of whitespace)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Captions per text-encoder forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="Text-encoder device (cuda, cpu...). Default: CUDA "
                                                                 "when present."),
@@ -95,11 +103,14 @@ def precomp(
 
     Example: featvlr extract precomp --root data/f30k_precomp --out features/f30k.h5
     """
+    from featvlr.relevance import ROUGE_TOKENS
+    from featvlr.relevance import rouge_tokens as rouge_split
     from featvlr.sources.precomp import default_out_path, extract_precomp
 
-    path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
-        root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,
-        relevance=relevance, batch_size=batch_size, device=device, progress=progress, command=_command_line()))
+    with rouge_split(ROUGE_TOKENS[rouge_tokens.value]):
+        path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
+            root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,
+            relevance=relevance, batch_size=batch_size, device=device, progress=progress, command=_command_line()))
     typer.echo(f"wrote {path}")
 
 
