@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from featvlr.losses.hinge import HingeLoss
+from featvlr.modules.alignment import full_precision
 
 
 def intra_modal_consistency(image_emb: torch.Tensor, text_emb: torch.Tensor, *, margin: float = 0.3) -> torch.Tensor:
@@ -14,8 +15,10 @@ def intra_modal_consistency(image_emb: torch.Tensor, text_emb: torch.Tensor, *, 
     largest disagreement between the text-text and image-image similarities beyond
     ``margin``; summed over columns (the peer code's reduction).
     """
-    diff = (text_emb @ text_emb.t() - image_emb @ image_emb.t()).abs()
-    return (diff.max(0).values - margin).clamp(min=0).sum()
+    with torch.autocast(image_emb.device.type, enabled=False):  # similarities in float32
+        image_emb, text_emb = full_precision(image_emb, text_emb)
+        diff = (text_emb @ text_emb.t() - image_emb @ image_emb.t()).abs()
+        return (diff.max(0).values - margin).clamp(min=0).sum()
 
 
 class ConsistentMultimodalContrastiveLoss(nn.Module):
@@ -33,7 +36,8 @@ class ConsistentMultimodalContrastiveLoss(nn.Module):
       in the peer code) in every column.
 
     Input: L2-normalised ``image_emb [B, d]`` and ``text_emb [B, d]``, row ``k`` of each a
-    positive pair. Output: a scalar; :meth:`terms` returns ``(L_inter, L_intra)`` apart.
+    positive pair (half-precision inputs are scored in float32, also under autocast).
+    Output: a float32 (or float64) scalar; :meth:`terms` returns ``(L_inter, L_intra)`` apart.
 
     Related: :class:`~featvlr.losses.HingeLoss` (the inter-modal term alone).
 
@@ -51,7 +55,9 @@ class ConsistentMultimodalContrastiveLoss(nn.Module):
 
     def terms(self, image_emb: torch.Tensor, text_emb: torch.Tensor, *, max_violation: bool = True,
               image_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        inter = self.hinge(image_emb @ text_emb.t(), max_violation=max_violation, image_ids=image_ids)
+        with torch.autocast(image_emb.device.type, enabled=False):  # scores in float32
+            image_emb, text_emb = full_precision(image_emb, text_emb)
+            inter = self.hinge(image_emb @ text_emb.t(), max_violation=max_violation, image_ids=image_ids)
         intra = intra_modal_consistency(image_emb, text_emb, margin=self.intra_margin)
         return inter, intra
 

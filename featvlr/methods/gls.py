@@ -82,6 +82,7 @@ from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavie
 from featvlr.modules.alignment import (
     ALIGNMENT_MODES,
     alignment_scores,
+    full_precision,
     pair_alignment_scores,
     slice_regions,
     slice_words,
@@ -358,7 +359,9 @@ class GLS(Method):
         return self._encode(*self.stage1.texts(batch["tokens"], batch["token_mask"]), "texts")
 
     def global_scores(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> torch.Tensor:
-        return images["global"] @ texts["global"].t()
+        with torch.autocast(images["global"].device.type, enabled=False):  # float32 scores
+            gi, gt = full_precision(images["global"], texts["global"])
+            return gi @ gt.t()
 
     def local_scores(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> torch.Tensor:
         """``local_scale`` x alignment of every pair of encoded (already sliced) tokens."""
@@ -400,7 +403,8 @@ class GLS(Method):
             img_rows, txt_rows = (q_rows, cand) if queries == "images" else (cand, q_rows)
             score = torch.zeros(cand.shape, dtype=torch.float32, device=device)
             if opts.eval_mode in ("G", "GL"):
-                g = (images["global"][img_rows] * texts["global"][txt_rows]).sum(-1).float()
+                gi, gt = full_precision(images["global"][img_rows], texts["global"][txt_rows])
+                g = (gi * gt).sum(-1).float()
                 score += opts.global_weight * g if opts.eval_mode == "GL" else g
             if opts.eval_mode in ("L", "GL"):
                 local = pair_alignment_scores(images["tokens"], images["mask"], texts["tokens"], texts["mask"],

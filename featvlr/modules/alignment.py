@@ -31,6 +31,10 @@ block so that the ``[images, regions, captions, words]`` tensor stays under a bu
 shortlist re-rank of GLS). :class:`TokenAlignment` wraps both with the
 slicing and a scale.
 
+Scores are computed in float32 even under autocast (half-precision tokens are promoted;
+float32 and float64 inputs are used as they are): at GLS's scale 10 a bf16 alignment sum
+is off by tenths, the order of the margins between hardest negatives.
+
 Masking differs from the peer code in one place: the peer code sets padded pairs to 0
 *before* the max, so a row of an image with padded regions (or a caption with padded words
 in ``MwSr``) is implicitly clamped at 0; here padded tokens never take part in a max or a
@@ -43,6 +47,12 @@ import torch
 from torch import nn
 
 ALIGNMENT_MODES = ("MrSw", "MwSr", "symm", "MrAVGw", "sum", "mean")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def full_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` with float16/bfloat16 ones promoted to float32 (others unchanged)."""
+    return tuple(t.float() if t.dtype in _HALF else t for t in tensors)
 
 
 def slice_regions(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,6 +169,13 @@ def alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_
     size. Differentiable (the blocks are concatenated).
     """
     _check_mode(mode)
+    with torch.autocast(image_tokens.device.type, enabled=False):
+        image_tokens, text_tokens = full_precision(image_tokens, text_tokens)
+        return _alignment_scores(image_tokens, image_mask, text_tokens, text_mask, mode, max_elements)
+
+
+def _alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_tokens: torch.Tensor,
+                      text_mask: torch.Tensor, mode: str, max_elements: int) -> torch.Tensor:
     ni, r, d = image_tokens.shape
     nt, w, _ = text_tokens.shape
     if ni == 0 or nt == 0 or w == 0 or r == 0:
@@ -198,6 +215,15 @@ def pair_alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, 
     temporary (gathered words, alignment tensor) near ``max_elements`` entries.
     """
     _check_mode(mode)
+    with torch.autocast(image_tokens.device.type, enabled=False):
+        image_tokens, text_tokens = full_precision(image_tokens, text_tokens)
+        return _pair_alignment_scores(image_tokens, image_mask, text_tokens, text_mask, image_rows, text_rows, mode,
+                                      max_elements)
+
+
+def _pair_alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_tokens: torch.Tensor,
+                           text_mask: torch.Tensor, image_rows: torch.Tensor, text_rows: torch.Tensor, mode: str,
+                           max_elements: int) -> torch.Tensor:
     p = image_rows.numel()
     out = torch.zeros(p, dtype=torch.float32, device=image_tokens.device)
     r, d = image_tokens.shape[1], image_tokens.shape[2]

@@ -8,6 +8,8 @@ ICASSP 2024 (code: JWargrave/MLCL).
 
 Both take a reference image feature ``I [B, d]`` and a modifier text feature ``T [B, d]``
 (frozen, un-normalised, the same dimension) and return query vectors in the image space.
+The queries are normalised in float32 even under autocast (:func:`unit`), so that the
+logits the losses build from them (at scale 100) are float32 from float32 vectors.
 """
 from __future__ import annotations
 
@@ -17,6 +19,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """``normalize(x)`` along the last dim, in float32 for a half-precision ``x`` (outside
+    autocast); a float32 ``x`` is normalised as it is."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize(x.float(), dim=-1)
+    return F.normalize(x, dim=-1)
 
 
 class Combiner(nn.Module):
@@ -77,7 +88,7 @@ class Combiner(nn.Module):
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         z = torch.cat((self.project_text(text), self.project_image(image)), -1)
         out, _ = self.fuse(image, text, z, self.hidden(z))
-        return F.normalize(out, dim=-1)
+        return unit(out)
 
 
 @dataclass
@@ -137,18 +148,18 @@ class MultiLevelCombiner(Combiner):
 
     def levels(self, image: torch.Tensor, text: torch.Tensor, image_aug: torch.Tensor | None = None
                ) -> CombinerLevels:
-        low = F.normalize(image + text, dim=-1)
+        low = unit(image + text)
         t_proj = self.project_text(text)
         z = torch.cat((t_proj, self.project_image(image)), -1)
         h = self.hidden(z)
-        mid = F.normalize(self.combiner_proj(F.relu(h)), dim=-1)
+        mid = unit(self.combiner_proj(F.relu(h)))
         out, lam = self.fuse(image, text, z, h)
-        levels = CombinerLevels(low=low, mid=mid, high=F.normalize(out, dim=-1), z=z, lam=lam)
+        levels = CombinerLevels(low=low, mid=mid, high=unit(out), z=z, lam=lam)
         if image_aug is not None:
             z_aug = torch.cat((t_proj, self.project_image(image_aug)), -1)
             out_aug, _ = self.fuse(image_aug, text, z_aug, self.hidden(z_aug))
             levels.z_aug = z_aug
-            levels.high_aug = F.normalize(out_aug, dim=-1)
+            levels.high_aug = unit(out_aug)
         return levels
 
     def combine(self, levels: CombinerLevels, weighting: str = "matched") -> torch.Tensor:
@@ -162,7 +173,7 @@ class MultiLevelCombiner(Combiner):
             a_h = a_c = torch.ones_like(w)
         else:
             raise ValueError(f"unknown weighting {weighting!r} (one of {', '.join(INFERENCE_WEIGHTINGS)})")
-        return F.normalize(a_h * levels.high + a_c * levels.mid + levels.low, dim=-1)
+        return unit(a_h * levels.high + a_c * levels.mid + levels.low)
 
     def query(self, image: torch.Tensor, text: torch.Tensor, weighting: str = "matched") -> torch.Tensor:
         return self.combine(self.levels(image, text), weighting)
