@@ -60,7 +60,9 @@ class EvalFlags:
     chunk_elements: embedding batches and most scores held at once; backend, faiss_k:
     ``exact`` or ``faiss-flat``/``faiss-ivf``/``faiss-hnsw`` with top-``faiss_k`` lists
     (embeddings only); t2t_without_siblings: also t2t with the query's sibling captions
-    removed; composed_protocol: ``auto``, ``cirr``, ``fashioniq`` or ``shoes``.
+    removed; composed_protocol: ``auto``, ``cirr``, ``fashioniq`` or ``shoes``;
+    first_images: also every scenario on the first N images alone (``*_first1k`` keys;
+    default: 1000 for a COCO run, else 0).
     """
 
     folds: str | Sequence[int] | None = None
@@ -73,6 +75,7 @@ class EvalFlags:
     faiss_k: int = 100
     t2t_without_siblings: bool = False
     composed_protocol: str = "auto"
+    first_images: int | None = None
 
     def options(self, config: Any = None) -> EvalOptions:
         """The options of an evaluation: the flags given, over ``config``'s test protocol."""
@@ -80,13 +83,13 @@ class EvalFlags:
                          ndcg_ks=parse_ints(self.ndcg_ks, "ndcg-ks"), ndcg_exp_k=self.ndcg_exp_k or None,
                          batch_size=self.batch_size or None, chunk_elements=self.chunk_elements or None,
                          backend=self.backend, faiss_k=self.faiss_k, t2t_without_siblings=self.t2t_without_siblings,
-                         composed_protocol=self.composed_protocol)
+                         composed_protocol=self.composed_protocol, first_images=self.first_images)
         if config is not None:
             return EvalOptions.from_config(config, final=True, **overrides)
         return EvalOptions(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None = None,
+def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddings: str | Path | None = None,
              sims: str | Path | None = None, cache: str | Path | None = None, relevance: str | Path | None = None,
              split: str = "test", scenarios: str | Sequence[str] | None = "all", json_path: str | Path | None = None,
              flags: EvalFlags | None = None, device: str = "auto", plots: bool = True,
@@ -94,7 +97,9 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
     """Evaluate one input (see the module docstring); write the results JSON and plots.
 
     Args:
-        target: a run folder or a checkpoint file (or None with ``embeddings``/``sims``).
+        target: a run folder or a checkpoint file (or None with ``embeddings``/``sims``); a
+            list of two or more: their ensemble (the mean of their similarity matrices,
+            :mod:`featvlr.evaluation.ensemble`; i2t and t2i; the members are recorded).
         embeddings: ``.npz`` with ``images`` and ``texts`` (or ``queries`` and ``gallery``).
         sims: ``.npy`` ``[n_images, n_texts]`` scores.
         cache: the feature cache (caption -> image index, relevance, composed data).
@@ -114,6 +119,11 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
     """
     t0 = time.perf_counter()
     flags = flags or EvalFlags()
+    members: list[Path] = []
+    if isinstance(target, (list, tuple)):
+        members = [Path(t) for t in target]
+        target = members[0] if len(members) == 1 else (None if not members else members)
+        members = members if len(members) > 1 else []
     given = [x for x in (target, embeddings, sims) if x is not None]
     if len(given) != 1:
         raise FeatvlrError("give exactly one input: a run folder or checkpoint, --embeddings FILE or --sims FILE")
@@ -128,7 +138,12 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
     extra: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
 
-    if target is not None:
+    if members:
+        if examples:
+            raise FeatvlrError("--examples shows one run's retrievals, not an ensemble's")
+        metrics, config, opts, json_default = _ensemble_metrics(members, cache, relevance, split, chosen, flags, dev,
+                                                                curves, inputs)
+    elif target is not None:
         tpath = Path(target)
         if not tpath.exists():
             raise InputError(tpath, "no such run folder or checkpoint")
@@ -176,9 +191,10 @@ def run_eval(target: str | Path | None = None, *, embeddings: str | Path | None 
                                                    out.parent / "examples.html", dev))
     protocol = protocol_record(split=inputs.get("split"), metrics=metrics, folds=opts.folds, ks=opts.ks,
                                ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k, backend=opts.backend,
-                               t2t_without_siblings=opts.t2t_without_siblings)
+                               t2t_without_siblings=opts.t2t_without_siblings, first_images=opts.first_images)
     record = write_results(out, metrics, split=inputs.get("split"), cfg=config, curves=curves, device=dev,
-                           seconds=time.perf_counter() - t0, checkpoint=inputs.get("path") if target else None,
+                           seconds=time.perf_counter() - t0,
+                           checkpoint=inputs.get("path") if target is not None and not members else None,
                            protocol=protocol, inputs=inputs, seed=seed, extra=extra, plots=plots,
                            config_sha256=config_sha256)
     if print_table:
@@ -213,6 +229,59 @@ def _method_metrics(method: Any, config: Any, cache_path: str | Path, split: str
     return metrics, st.name
 
 
+def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: str | Path | None, split: str,
+                      chosen: list[str] | None, flags: EvalFlags, dev: str, curves: dict,
+                      inputs: dict) -> tuple[dict, Any, Any, Path]:
+    """The metrics of the mean of the members' similarity matrices on one split (each member
+    on its own config's cache unless ``cache`` is given), and each member's own metrics."""
+    from featvlr.checkpoint import load_method
+    from featvlr.evaluation.cross_modal import evaluate_cross_modal
+    from featvlr.evaluation.ensemble import check_same_split, method_sims
+    from featvlr.evaluation.results import checkpoint_config_hash
+    from featvlr.store import FeatureStore
+    from featvlr.tasks import get_task
+
+    if chosen is not None and any(s not in ("i2t", "t2i") for s in chosen):
+        raise FeatvlrError("an ensemble averages similarity matrices: it gives i2t and t2i only")
+    scenarios = chosen or ["i2t", "t2i"]
+    records, total, first, first_config, opts = [], None, None, None, None
+    for path in members:
+        if not path.exists():
+            raise InputError(path, "no such run folder or checkpoint")
+        method, config = load_method(path, dev)
+        cache_path = cache or getattr(getattr(config, "data", None), "cache", None)
+        if not cache_path:
+            raise FeatvlrError(f"{path}: the run's config names no feature cache; pass --cache")
+        store, name = FeatureStore(cache_path), split
+        task = get_task(method.task)
+        alias = getattr(getattr(config, "data", None), f"{split}_split", None)
+        if not task.has_split(store, name) and alias and task.has_split(store, alias):
+            name = alias
+        st = task.eval_split(store, name) if task.has_split(store, name) else store.split(name)
+        if first is None:
+            first, first_config, opts = st, config, flags.options(config)
+            data = arrays_or_split(st, relevance, st.n_images, st.n_texts, inputs)
+        else:
+            check_same_split(first, st, str(path))
+        sims = method_sims(method, st, opts, dev)
+        own = evaluate_cross_modal(None, None, data, scenarios, opts.folds, sims=sims, ks=opts.ks,
+                                   ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),
+                                   chunk_elements=opts.chunk_elements, first_images=opts.first_images)
+        records.append({"path": str(path), "method": getattr(method, "name", type(method).__name__),
+                        "cache": str(cache_path), "config_sha256": checkpoint_config_hash(path),
+                        "seed": getattr(getattr(config, "train", None), "seed", None), "metrics": own})
+        total = sims if total is None else total.add_(sims.to(total.device))
+        del method, sims
+    mean = total / len(members)  # ensemble.mean_sims of the members, summed one at a time
+    inputs.update(kind="ensemble", split=first.name, members=records,
+                  ensemble="mean of the members' [n_images, n_texts] similarity matrices")
+    metrics = evaluate_cross_modal(None, None, data, scenarios, opts.folds, sims=mean, ks=opts.ks,
+                                   ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),
+                                   chunk_elements=opts.chunk_elements, first_images=opts.first_images, curves=curves)
+    names = "+".join(p.name if p.is_dir() else p.stem for p in members)
+    return metrics, first_config, opts, eval_dir(members[0]) / f"ensemble_{names}.{first.name}.json"
+
+
 def _check_task_scenarios(method: Any, chosen: list[str]) -> None:
     """Refuse scenarios of the other task, naming the methods that provide them."""
     from featvlr.methods.registry import get_method, list_methods
@@ -240,7 +309,7 @@ def _embeddings_metrics(arrays: dict[str, np.ndarray], st: Any, path: Path, rele
     return evaluate_cross_modal(
         img, txt, data, chosen, opts.folds, ks=opts.ks, ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k,
         teran_ndcg=has_relevance(data), t2t_without_siblings=opts.t2t_without_siblings, backend=opts.backend,
-        faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements, curves=curves)
+        faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements, first_images=opts.first_images, curves=curves)
 
 
 def _sims_metrics(path: Path, st: Any, relevance: str | Path | None, chosen: list[str] | None,
@@ -273,7 +342,8 @@ def _sims_metrics(path: Path, st: Any, relevance: str | Path | None, chosen: lis
     try:
         return evaluate_cross_modal(None, None, data, chosen or ["i2t", "t2i"], opts.folds, sims=s, ks=opts.ks,
                                     ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),
-                                    chunk_elements=opts.chunk_elements, curves=curves)
+                                    chunk_elements=opts.chunk_elements, first_images=opts.first_images,
+                                    curves=curves)
     except FeatvlrError as exc:
         if isinstance(exc, InputError):
             raise

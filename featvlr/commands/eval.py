@@ -7,8 +7,9 @@ import typer
 
 
 def eval_command(
-    target: Path | None = typer.Argument(None, help="Run folder or checkpoint (.pt) to evaluate.",
-                                         show_default=False),
+    targets: list[Path] | None = typer.Argument(None, help="Run folder or checkpoint (.pt) to evaluate; two or "
+                                                "more: their ensemble (the mean of their similarity matrices).",
+                                                show_default=False),
     split: str = typer.Option("test", help="Cache split to evaluate on."),
     scenarios: str = typer.Option("all", help="'all', or a comma list of i2t,t2i,i2i,t2t,i2it,t2it,composed."),
     json_path: Path | None = typer.Option(None, "--json", help="Results JSON (default: <run>/eval/<split>.json, "
@@ -31,6 +32,8 @@ def eval_command(
                                 "R@K only)."),
     faiss_k: int = typer.Option(100, help="Top-k list length of the FAISS backend."),
     composed_protocol: str = typer.Option("auto", help="auto, cirr, fashioniq or shoes."),
+    first_images: int | None = typer.Option(None, help="Also every scenario on the first N images alone (keys "
+                                            "*_first1k; RVLR/CoVLR COCO 1K). Default: 1000 for a COCO run, else 0."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:i]."),
     batch_size: int | None = typer.Option(None, help="Embedding batch size (default: the run's eval.batch_size)."),
     chunk_elements: int | None = typer.Option(None, help="Most query x gallery scores held at once "
@@ -44,6 +47,7 @@ def eval_command(
     \b
     Examples:
       featvlr eval runs/f30k_vse --split test --scenarios all
+      featvlr eval runs/coco_vse runs/coco_hrem --split test     (ensemble: mean of the sims)
       featvlr eval --embeddings mine.npz --cache features/f30k.h5 --split test --json mine.json
       featvlr eval --sims sims.npy --relevance f30k-test-rougeL.npy --folds 1
     """
@@ -51,7 +55,9 @@ def eval_command(
 
     flags = EvalFlags(folds=folds, ks=ks, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k, batch_size=batch_size,
                       chunk_elements=chunk_elements, backend=backend, faiss_k=faiss_k,
-                      t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol)
+                      t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol,
+                      first_images=first_images)
+    target = (targets[0] if len(targets) == 1 else list(targets)) if targets else None
     record = run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance, split=split,
                       scenarios=scenarios, json_path=json_path, flags=flags, device=device, plots=plots,
                       print_table=False, examples=examples)

@@ -13,7 +13,7 @@ from featvlr.errors import FeatvlrError
 from featvlr.evaluation.options import BACKENDS, CROSS_MODAL, UNI_AND_MIXED, parse_scenarios
 from featvlr.evaluation.split_data import SplitData, n_rows
 from featvlr.evaluation.unimodal import uni_and_mixed
-from featvlr.metrics import average_folds, iter_folds, ndcg_key, recall_curve, recall_from_ranks
+from featvlr.metrics import average_folds, fold_texts, iter_folds, ndcg_key, recall_curve, recall_from_ranks
 from featvlr.retrieval import (
     DEFAULT_CHUNK_ELEMENTS,
     DenseScores,
@@ -40,6 +40,17 @@ def _fold_suffix(f: int) -> str:
     return "" if f == 1 else f"_{f}fold"
 
 
+def first_suffix(n: int) -> str:
+    """Metric-name suffix of the first ``n`` images: ``_first1k`` (n = 1000), ``_first500``."""
+    return f"_first{n // 1000}k" if n % 1000 == 0 else f"_first{n}"
+
+
+def _first_block(txt2img: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """The one block of images ``[0, n)`` and their texts, as :func:`iter_folds` yields a fold."""
+    txt_idx = fold_texts(txt2img, 0, n)
+    return [(np.arange(n), txt_idx, txt2img[txt_idx], n)]
+
+
 def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None,
                          scenarios: str | Sequence[str] | None = CROSS_MODAL, folds: int | Sequence[int] = 1, *,
                          ks: Sequence[int] = (1, 5, 10), ndcg_ks: Sequence[int] = (10, 20, 50),
@@ -48,7 +59,7 @@ def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None
                          rerank_fn: Callable[..., torch.Tensor] | None = None,
                          shortlist: int | tuple[int, int] | None = None, sims: Any = None, backend: str = "exact",
                          faiss_k: int = 100, faiss_options: dict | None = None,
-                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, first_images: int = 0,
                          curves: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Cross-modal, uni-modal and mixed retrieval metrics from embeddings or a score function.
 
@@ -81,6 +92,11 @@ def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None
         backend: ``"exact"`` or ``"faiss-flat"``/``"faiss-ivf"``/``"faiss-hnsw"`` (i2t/t2i
             from top-``faiss_k`` lists: R@K only, K <= faiss_k).
         chunk_elements: most query x gallery scores held at once.
+        first_images: also report every asked scenario on the first ``first_images`` images
+            and their texts alone, one block (RVLR's and CoVLR's "COCO 1K": the first 1,000
+            test images, ``R[:5000, :1000]``), under keys ending ``_first1k``
+            (``i2t_first1k/R@1``, ``rsum_first1k``, ``t2it_first1k/ndcg_lin@10``); 0 (or a
+            split with fewer images): none.
         curves: if a dict is given, it receives R@1..R@50 curves per scenario (for plots).
 
     Returns:
@@ -130,14 +146,17 @@ def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None
 
     results: dict[str, float] = {}
     directions = [d for d in CROSS_MODAL if d in chosen]
+    first = int(first_images) if 0 < int(first_images) <= data.n_images else 0
+    blocks: list[tuple[str, Any]] = [(_fold_suffix(f), f) for f in _folds_tuple(folds)]
+    if first:
+        blocks.append((first_suffix(first), _first_block(data.txt2img, first)))
     if directions:
-        for f in _folds_tuple(folds):
+        for sfx, f in blocks:
             res = _cross_modal(img_t, txt_t, sims_t, data, f, directions, ks=ks, score_fn=score_fn,
                                rerank_fn=rerank_fn, shortlist=shortlist, backend=backend, faiss_k=faiss_k,
                                faiss_options=faiss_options or {}, teran_ndcg=teran_ndcg,
                                ndcg_exp_k=ndcg_exp_k, chunk_elements=chunk_elements, device=device,
-                               curves=curves)
-            sfx = _fold_suffix(f)
+                               curves=curves, suffix=sfx)
             for key, value in res.items():
                 direction, _, metric = key.partition("_")
                 if direction in directions:
@@ -150,21 +169,32 @@ def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None
         if img_t is None or pairwise:
             raise FeatvlrError(f"scenario {uni[0]} needs embeddings (a similarity matrix or a pairwise score "
                                "function gives i2t and t2i only)")
-        results.update(uni_and_mixed(img_t, txt_t, data, uni, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k,
-                                      t2t_without_siblings=t2t_without_siblings, chunk_elements=chunk_elements))
+        common = dict(ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k, t2t_without_siblings=t2t_without_siblings,
+                      chunk_elements=chunk_elements)
+        results.update(uni_and_mixed(img_t, txt_t, data, uni, **common))
+        if first:
+            img_idx, txt_idx, local, _ = _first_block(data.txt2img, first)[0]
+            rel = data.relevance(uni[0])[torch.as_tensor(txt_idx)][:, :first]
+            sub = SplitData({"txt2img": local, "relevance": rel}, first, len(txt_idx))
+            res = uni_and_mixed(img_t[:first], txt_t[torch.as_tensor(txt_idx, device=txt_t.device)], sub, uni,
+                                **common)
+            sfx = first_suffix(first)
+            results.update({f"{k.split('/', 1)[0]}{sfx}/{k.split('/', 1)[1]}": v for k, v in res.items()})
     return results
 
 
-def _cross_modal(img, txt, sims, data: SplitData, folds: int, directions: list[str], *, ks, score_fn, rerank_fn,
-                 shortlist, backend, faiss_k, faiss_options, teran_ndcg, ndcg_exp_k, chunk_elements, device,
-                 curves) -> dict[str, float]:
+def _cross_modal(img, txt, sims, data: SplitData, folds: int | list, directions: list[str], *, ks, score_fn,
+                 rerank_fn, shortlist, backend, faiss_k, faiss_options, teran_ndcg, ndcg_exp_k, chunk_elements, device,
+                 curves, suffix: str) -> dict[str, float]:
     """``{d}_R@K``, ``{d}_medr``, ``{d}_meanr`` (and TERAN NDCG) per direction, averaged over
-    folds; ``rsum`` when both directions are asked for."""
+    folds (an int: :func:`iter_folds`; or a list of blocks as it yields them); ``rsum`` when
+    both directions are asked for."""
     rel = data.relevance("i2t/t2i NDCG") if teran_ndcg else None
     per_fold: list[dict[str, float]] = []
     curve_parts: dict[str, list[list[float]]] = {d: [] for d in directions}
     sl = (shortlist, shortlist) if isinstance(shortlist, int) else shortlist
-    for img_idx, txt_idx, local, n_fold in iter_folds(data.txt2img, data.n_images, folds):
+    blocks = iter_folds(data.txt2img, data.n_images, folds) if isinstance(folds, int) else folds
+    for img_idx, txt_idx, local, n_fold in blocks:
         positives = {"i2t": group_positives(local, n_fold).to(device), "t2i": torch.as_tensor(local, device=device)}
         sources = cross_score_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank_fn, sl, device)
         res: dict[str, float] = {}
@@ -187,7 +217,7 @@ def _cross_modal(img, txt, sims, data: SplitData, folds: int, directions: list[s
         per_fold.append(res)
     if curves is not None:
         for d, parts in curve_parts.items():
-            curves[f"{d}{_fold_suffix(folds)}"] = [float(x) for x in np.mean(np.asarray(parts), axis=0)]
+            curves[f"{d}{suffix}"] = [float(x) for x in np.mean(np.asarray(parts), axis=0)]
     return average_folds(per_fold)
 
 

@@ -55,7 +55,8 @@ def evaluate_cross_modal_method(method: Any, split: Any, scenarios: str | Sequen
     teran = opts.teran_ndcg and split.has(f"relevance/{split.name}/rougeL")
     common: dict[str, Any] = dict(ks=opts.ks, ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=teran,
                                   t2t_without_siblings=opts.t2t_without_siblings, backend=opts.backend,
-                                  faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements, curves=curves)
+                                  faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements,
+                                  first_images=opts.first_images, curves=curves)
     plan = method.shortlist_plan(images, texts)
     if plan is not None:
         if plan.get("shortlist") is not None and chosen is None:

@@ -66,12 +66,26 @@ def protocol_folds(config: Any, *, final: bool = True) -> tuple[int, ...]:
     return (1,) if f == 1 else (1, f)
 
 
+COCO_FIRST_IMAGES = 1000
+
+
+def protocol_first_images(config: Any, *, final: bool = True) -> int:
+    """How many first images form a block of their own: on the test protocol (``final``) of a
+    COCO run, the first 1,000 (RVLR's and CoVLR's "COCO 1K", beside the 5-fold mean); else 0."""
+    data = getattr(config, "data", None)
+    if final and data is not None and str(getattr(data, "dataset", "")).lower() == "coco":
+        return COCO_FIRST_IMAGES
+    return 0
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """The protocol knobs of one evaluation.
 
     Attributes:
         folds: i2t/t2i folds, e.g. ``(1, 5)`` (COCO 5K and 1K).
+        first_images: also every scenario on the first N images alone (``_first1k`` keys;
+            COCO: 1000, :func:`protocol_first_images`); 0: not.
         ks: Recall@K cut-offs. ndcg_ks: linear-gain NDCG cut-offs; ndcg_exp_k: the
             exponential-gain one (also TERAN's for i2t/t2i).
         teran_ndcg: add TERAN's NDCG to i2t and t2i when the split has a relevance matrix.
@@ -86,6 +100,7 @@ class EvalOptions:
     """
 
     folds: tuple[int, ...] = (1,)
+    first_images: int = 0
     ks: tuple[int, ...] = (1, 5, 10)
     ndcg_ks: tuple[int, ...] = (10, 20, 50)
     ndcg_exp_k: int = 25
@@ -114,6 +129,7 @@ class EvalOptions:
         ev = getattr(config, "eval", None)
         values: dict[str, Any] = dict(
             folds=protocol_folds(config, final=final),
+            first_images=protocol_first_images(config, final=final),
             ndcg_ks=tuple(getattr(ev, "ndcg_ks", (10, 20, 50))),
             ndcg_exp_k=int(getattr(ev, "ndcg_exp_k", 25)),
             teran_ndcg=final,
@@ -136,7 +152,8 @@ def eval_options(config_or_options: Any, *, final: bool) -> EvalOptions:
 
 def protocol_record(*, split: str | None, metrics: dict[str, float], folds: Sequence[int] = (1,),
                     ks: Sequence[int] = (1, 5, 10), ndcg_ks: Sequence[int] = (10, 20, 50), ndcg_exp_k: int = 25,
-                    backend: str = "exact", t2t_without_siblings: bool = False) -> dict[str, Any]:
+                    backend: str = "exact", t2t_without_siblings: bool = False,
+                    first_images: int = 0) -> dict[str, Any]:
     """The ``protocol`` block of a results JSON."""
     return {
         "split": split,
@@ -153,4 +170,6 @@ def protocol_record(*, split: str | None, metrics: dict[str, float], folds: Sequ
         "self_in_gallery": "removed (i2i, t2t, i2it, t2it)",
         "t2t_siblings": "kept" + (" (t2t_nosiblings: removed)" if t2t_without_siblings else ""),
         "coco_1k": "mean over folds of n_images / folds images" if any(f > 1 for f in folds) else None,
+        # the first N images and their texts alone, one block (RVLR/CoVLR "COCO 1K"; keys *_first1k)
+        "first_images": first_images if any("_first" in k.split("/")[0] for k in metrics) else None,
     }

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from featvlr import __version__
-from featvlr.evaluation.options import protocol_folds, protocol_record
+from featvlr.evaluation.options import protocol_first_images, protocol_folds, protocol_record
 from featvlr.evaluation.plots import group_metrics, plot_results
 from featvlr.fileio import atomic_write_text
 
@@ -58,7 +58,8 @@ def write_results(path: str | Path, metrics: dict[str, float], *, split: str | N
         folds = protocol_folds(cfg) if cfg is not None else (1,)
         protocol = protocol_record(split=split, metrics=metrics, folds=folds,
                                    ndcg_ks=tuple(getattr(ev, "ndcg_ks", (10, 20, 50))),
-                                   ndcg_exp_k=int(getattr(ev, "ndcg_exp_k", 25)))
+                                   ndcg_exp_k=int(getattr(ev, "ndcg_exp_k", 25)),
+                                   first_images=protocol_first_images(cfg) if cfg is not None else 0)
     if seed is None and cfg is not None:
         seed = getattr(getattr(cfg, "train", None), "seed", None)
     inputs = dict(inputs or {})
@@ -148,6 +149,8 @@ def format_results(record: dict[str, Any], run: str | Path | None = None) -> str
         parts.append(f"method {method}")
     if run:
         parts.append(f"run {run}")
+    if inputs.get("members"):
+        parts.append("ensemble of " + ", ".join(str(run_name(m.get("path"))) for m in inputs["members"]))
     return " · ".join(parts) + "\n" + format_table(record.get("metrics") or {})
 
 
