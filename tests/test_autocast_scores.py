@@ -89,7 +89,8 @@ def _composed(name: str, cache: Path):
 
 def test_every_registered_method_is_covered():
     names = {n.split("-")[0] for n in CROSS_MODAL} | set(COMPOSED)
-    assert names == set(list_methods())
+    package = {n for n in list_methods() if get_method(n).__module__.startswith("featvlr.")}  # not tests' toys
+    assert names == package
 
 
 @pytest.mark.parametrize("name", sorted(CROSS_MODAL) + list(COMPOSED))
