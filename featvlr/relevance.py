@@ -24,8 +24,7 @@ words with carry propagation, so any length is exact.
 
 The default tokenisation is TERAN's (``split_on=" "``), so the published relevance files
 and NDCG numbers are reproduced. ``split_on=None`` splits on any run of whitespace
-(``str.split()``) instead; :func:`rouge_tokens` sets that choice for a block of code that
-calls :func:`iter_rouge_l` without the argument (``featvlr extract precomp --rouge-tokens``).
+(``str.split()``) instead (``featvlr extract precomp --rouge-tokens whitespace``).
 
 :func:`load_relevance` reads the relevance files the papers ship: TERAN's headerless
 float32 memory maps (named ``.npy`` although they have no header) and the ordinary
@@ -33,8 +32,6 @@ float32 memory maps (named ``.npy`` although they have no header) and the ordina
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,31 +41,19 @@ import numpy as np
 
 from featvlr.errors import InputError
 
-__all__ = ["rouge_l", "iter_rouge_l", "load_relevance", "rouge_tokens", "BETA", "TERAN_SPLIT", "ROUGE_TOKENS"]
+__all__ = ["rouge_l", "iter_rouge_l", "load_relevance", "rouge_definition", "BETA", "TERAN_SPLIT", "ROUGE_TOKENS"]
 
 BETA = 1.2
 _WORD = 64
 TERAN_SPLIT = " "
 ROUGE_TOKENS = {"teran": TERAN_SPLIT, "whitespace": None}  # name -> ``split_on``
-_DEFAULT = object()
-_SPLIT_ON: contextvars.ContextVar[str | None] = contextvars.ContextVar("featvlr_rouge_split_on", default=TERAN_SPLIT)
 
 
-@contextlib.contextmanager
-def rouge_tokens(split_on: str | None):
-    """Within the block, :func:`rouge_l`/:func:`iter_rouge_l` called without ``split_on``
-    split captions on ``split_on`` (``" "``: TERAN, the default; ``None``: any whitespace)."""
-    token = _SPLIT_ON.set(split_on)
-    try:
-        yield
-    finally:
-        _SPLIT_ON.reset(token)
-
-
-def _resolve_split(split_on: object) -> str | None:
-    return _SPLIT_ON.get() if split_on is _DEFAULT else split_on  # type: ignore[return-value]
-
-
+def rouge_definition(split_on: str | None = TERAN_SPLIT) -> str:
+    """The definition recorded beside a computed relevance matrix."""
+    tokens = "single-space tokens (TERAN)" if split_on == TERAN_SPLIT else (
+        "whitespace-run tokens" if split_on is None else f"tokens split on {split_on!r}")
+    return f"ROUGE-L F (coco-caption: lower-case, {tokens}, beta 1.2), TERAN"
 def _tokenize(captions: Sequence[str], split_on: str | None) -> tuple[list[np.ndarray], int]:
     """Token ids (starting at 1) of every caption, and the vocabulary size + 1."""
     vocab: dict[str, int] = {}
@@ -168,7 +153,7 @@ def _f_score(lcs: np.ndarray, q_len: np.ndarray, r_len: np.ndarray, per_image: i
 
 
 def iter_rouge_l(captions: Sequence[str], captions_per_image: int = 5, *, beta: float = BETA,
-                 split_on: str | None = _DEFAULT, rows_per_chunk: int | None = None, block: int | None = None,
+                 split_on: str | None = TERAN_SPLIT, rows_per_chunk: int | None = None, block: int | None = None,
                  workers: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, relevance[rows])`` chunks of :func:`rouge_l`, in order.
 
@@ -180,7 +165,7 @@ def iter_rouge_l(captions: Sequence[str], captions_per_image: int = 5, *, beta: 
     captions = list(captions)
     if captions_per_image < 1 or len(captions) % captions_per_image:
         raise ValueError(f"{len(captions)} captions are not a multiple of captions_per_image={captions_per_image}")
-    tokens, vocab_size = _tokenize(captions, _resolve_split(split_on))
+    tokens, vocab_size = _tokenize(captions, split_on)
     refs = _References(tokens)
     q_len = refs.lengths.astype(np.float64)
     n = len(captions)
@@ -210,7 +195,7 @@ def iter_rouge_l(captions: Sequence[str], captions_per_image: int = 5, *, beta: 
 
 
 def rouge_l(captions: Sequence[str], captions_per_image: int = 5, *, beta: float = BETA,
-            split_on: str | None = _DEFAULT, workers: int | None = None) -> np.ndarray:
+            split_on: str | None = TERAN_SPLIT, workers: int | None = None) -> np.ndarray:
     """ROUGE-L relevance of every caption against every image, as TERAN defines it.
 
     Args:
@@ -218,8 +203,8 @@ def rouge_l(captions: Sequence[str], captions_per_image: int = 5, *, beta: float
             captions per image (they are both the queries and the references).
         captions_per_image: references per image (5 for Flickr30K and COCO).
         beta: the F-measure weight (1.2 in coco-caption).
-        split_on: token separator; ``" "`` (the default, unless :func:`rouge_tokens` says
-            otherwise) is TERAN's ``split(" ")``; ``None`` splits on any run of whitespace.
+        split_on: token separator; ``" "`` (the default) is TERAN's ``split(" ")``; ``None``
+            splits on any run of whitespace.
         workers: threads (default: the CPU count, at most 4).
 
     Returns:
@@ -235,7 +220,6 @@ def rouge_l(captions: Sequence[str], captions_per_image: int = 5, *, beta: float
     captions = list(captions)
     n_images = len(captions) // captions_per_image if captions_per_image > 0 else 0
     out = np.empty((len(captions), n_images), dtype=np.float32)
-    split_on = _resolve_split(split_on)
     for rows, part in iter_rouge_l(captions, captions_per_image, beta=beta, split_on=split_on, workers=workers):
         out[rows] = part
     return out

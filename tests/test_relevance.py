@@ -148,16 +148,6 @@ def test_default_is_teran_rule_on_irregular_spacing():
     np.testing.assert_allclose(loose, naive_rouge(caps), atol=1e-6)
 
 
-def test_rouge_tokens_sets_the_default_for_a_block():
-    from featvlr.relevance import rouge_tokens
-
-    caps = irregular_captions(20, seed=12)
-    with rouge_tokens(None):
-        np.testing.assert_array_equal(rouge_l(caps), rouge_l(caps, split_on=None))
-        np.testing.assert_array_equal(rouge_l(caps, split_on=" "), rouge_l(caps, split_on=" "))
-    np.testing.assert_array_equal(rouge_l(caps), rouge_l(caps, split_on=" "))
-
-
 def test_bad_caption_count():
     with pytest.raises(ValueError, match="multiple"):
         rouge_l(["a", "b", "c"], captions_per_image=5)

@@ -104,13 +104,12 @@ def precomp(
     Example: featvlr extract precomp --root data/f30k_precomp --out features/f30k.h5
     """
     from featvlr.relevance import ROUGE_TOKENS
-    from featvlr.relevance import rouge_tokens as rouge_split
     from featvlr.sources.precomp import default_out_path, extract_precomp
 
-    with rouge_split(ROUGE_TOKENS[rouge_tokens.value]):
-        path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
-            root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,
-            relevance=relevance, batch_size=batch_size, device=device, progress=progress, command=_command_line()))
+    path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
+        root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,
+        relevance=relevance, batch_size=batch_size, device=device, progress=progress, command=_command_line(),
+        rouge_split_on=ROUGE_TOKENS[rouge_tokens.value]))
     typer.echo(f"wrote {path}")
 
 

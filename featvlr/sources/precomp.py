@@ -289,7 +289,7 @@ def _write_texts(w, split: _Split, encoder, dtype, progress: bool) -> None:
     w.write(f"{g}/raw", split.captions)
 
 
-def _write_relevance(w, split: _Split, progress: bool) -> str | None:
+def _write_relevance(w, split: _Split, progress: bool, split_on: str | None = " ") -> str | None:
     n_txt, n_img = len(split.captions), split.n_images
     key = f"relevance/{split.name}/rougeL"
     if split.relevance is None:
@@ -302,12 +302,12 @@ def _write_relevance(w, split: _Split, progress: bool) -> str | None:
                 dset[start:start + step] = split.relevance_array[start:start + step]
                 bar.update(min(step, n_txt - start))
             return str(split.relevance)
-        from featvlr.relevance import iter_rouge_l
+        from featvlr.relevance import iter_rouge_l, rouge_definition
 
-        for rows, block in iter_rouge_l(split.captions, CAPTIONS_PER_IMAGE):
+        for rows, block in iter_rouge_l(split.captions, CAPTIONS_PER_IMAGE, split_on=split_on):
             dset[rows] = block
             bar.update(rows.stop - rows.start)
-    dset.attrs["definition"] = "ROUGE-L F (coco-caption: lower-case, whitespace tokens, beta 1.2), TERAN"
+    dset.attrs["definition"] = rouge_definition(split_on)
     return "computed"
 
 
@@ -318,9 +318,10 @@ def write_texts(w, split, encoder, dtype, progress: bool) -> None:
     _write_texts(w, split, encoder, dtype, progress)
 
 
-def write_relevance(w, split, progress: bool) -> str | None:
-    """``relevance/<split>/rougeL`` as planned (computed, imported or none); what was done."""
-    return _write_relevance(w, split, progress)
+def write_relevance(w, split, progress: bool, split_on: str | None = " ") -> str | None:
+    """``relevance/<split>/rougeL`` as planned (computed with ROUGE-L tokens split on
+    ``split_on``, imported or none); what was done."""
+    return _write_relevance(w, split, progress, split_on)
 
 
 relevance_plan = _relevance_plan
@@ -330,7 +331,8 @@ def extract_precomp(root: str | os.PathLike, out: str | os.PathLike | None = Non
                     splits: list[str] | None = None, text_model: str | os.PathLike | None = None,
                     dtype: str = "float16", overwrite: bool = False, relevance: str | os.PathLike = "compute",
                     batch_size: int = 256, device: str | None = None, progress: bool = True,
-                    command: str | None = None, chunk_bytes: int = 64 << 20) -> Path:
+                    command: str | None = None, chunk_bytes: int = 64 << 20, rouge_split_on: str | None = " "
+                    ) -> Path:
     """Extract a SCAN/BUTD precomp folder into a feature cache.
 
     Args:
@@ -349,6 +351,8 @@ def extract_precomp(root: str | os.PathLike, out: str | os.PathLike | None = Non
         progress: show progress bars on stderr.
         command: the command line recorded in the cache (default: this call).
         chunk_bytes: bytes of ``.npy`` rows read at a time (bounds memory use).
+        rouge_split_on: token separator of the computed ROUGE-L (``" "``: TERAN's, the
+            default; ``None``: any run of whitespace).
 
     Returns:
         The path of the written cache.
@@ -390,7 +394,7 @@ def extract_precomp(root: str | os.PathLike, out: str | os.PathLike | None = Non
             t1 = time.perf_counter()
             _write_texts(w, split, encoder, np_dtype, progress)
             t2 = time.perf_counter()
-            rel = _write_relevance(w, split, progress)
+            rel = _write_relevance(w, split, progress, rouge_split_on)
             t3 = time.perf_counter()
             sources["splits"][split.name]["relevance"] = rel
             timings[split.name] = {"images": round(t1 - t0, 3), "texts": round(t2 - t1, 3),
