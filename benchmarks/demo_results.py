@@ -64,7 +64,7 @@ def run_all(configs: list[Path], cache_dir: Path, out_dir: Path, epochs: int | N
 def compare(old: dict[str, dict], new: dict[str, dict]) -> int:
     worst_all = 0.0
     print(f"{'config':<16} {'metric':<24} {'before':>12} {'after':>12}")
-    for name in sorted(set(old) | set(new)):
+    for name in sorted(set(new)):  # the configs run now (``--configs`` may pick a few)
         a, b = old.get(name, {}).get("test", {}), new.get(name, {}).get("test", {})
         keys = sorted(set(a) | set(b))
         worst = 0.0
@@ -82,7 +82,9 @@ def compare(old: dict[str, dict], new: dict[str, dict]) -> int:
                 print(f"{name:<16} {key:<24} {a.get(key, float('nan')):>12.4f} {b.get(key, float('nan')):>12.4f}")
         print(f"{name:<16} {'max |difference|':<24} {worst:>25.3g}  over {len(keys)} metrics")
         worst_all = max(worst_all, worst)
-    print(f"largest difference over every method and metric: {worst_all:.3g}")
+    if set(old) - set(new):
+        print(f"not run now: {', '.join(sorted(set(old) - set(new)))}")
+    print(f"largest difference over every method and metric run: {worst_all:.3g}")
     return 0 if worst_all == 0 else 1
 
 
