@@ -70,18 +70,24 @@ class CacheWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        from featvlr.interrupts import Signalled, pending
+
         assert self.h5 is not None
+        signum = pending() if exc_type is None else None  # an interrupt Python could not raise
         try:
-            if exc_type is None:
+            if exc_type is None and signum is None:
                 for key, value in self.attrs.items():
                     self.h5.attrs[key] = value
         finally:
             self.h5.close()
             self.h5 = None
-        if exc_type is None:
+        if exc_type is None and signum is None:
             os.replace(self.partial, self.path)
-        elif self.partial.exists():
+            return
+        if self.partial.exists():
             self.partial.unlink()
+        if signum is not None:
+            raise Signalled(signum)
 
     def set_attr(self, key: str, value: Any) -> None:
         """Set a root attribute (dicts and lists are stored as JSON)."""

@@ -35,6 +35,22 @@ class Signalled(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
 
 
+_ACTIVE: list["StopSignals"] = []
+
+
+def pending() -> int | None:
+    """The signal an active :class:`StopSignals` has received, if any.
+
+    A signal raised where Python cannot propagate it (inside a weakref callback or a
+    ``__del__``) is printed and dropped by the interpreter; writers check this before they
+    commit a result, so such an interruption still leaves nothing behind.
+    """
+    for stop in _ACTIVE:
+        if stop.signum is not None:
+            return stop.signum
+    return None
+
+
 class StopSignals:
     """Handle SIGINT and SIGTERM while the block runs (see the module docstring)."""
 
@@ -56,12 +72,15 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
 
 
 def signal_of(exc: BaseException) -> int:

@@ -322,6 +322,7 @@ def _ddp_worker(rank: int, world: int, init: str, out_dir: str) -> None:
         (out["contrastive_loss"] + out["meta_loss"]).backward()
         if rank == 0:
             torch.save({n: p.grad for n, p in method.named_parameters()}, os.path.join(out_dir, "grads.pt"))
+        dist.barrier()  # both ranks done with every collective before either tears down
     finally:
         dist.destroy_process_group()
 

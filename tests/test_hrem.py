@@ -295,6 +295,7 @@ def _ddp_worker(rank: int, world: int, init: str, out_dir: str) -> None:
         # rank 0's torch seed must be the one every rank samples negatives with
         res = {padding: _ddp_step(padding, batch, 123 + rank) for padding in PADDINGS}
         torch.save(res, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # both ranks done with every collective before either tears down
     finally:
         dist.destroy_process_group()
 

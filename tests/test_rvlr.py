@@ -258,6 +258,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, cache: str, result_dir: s
     try:
         loss, grads = _grads_after_one_step(Path(cache), rank, world)
         torch.save({"loss": loss, "grads": grads}, os.path.join(result_dir, f"rank{rank}.pt"))
+        dist.barrier()  # both ranks done with every collective before either tears down
     finally:
         dist.destroy_process_group()
 

@@ -148,3 +148,23 @@ def test_info_on_broken_cache_exits_2_with_one_line(tmp_path, damage, cli_proces
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("featvlr: error: ") and str(path) in lines[0]
     assert proc.stdout == ""
+
+
+def test_an_interrupt_python_dropped_still_leaves_nothing(tmp_path):
+    """A signal whose exception the interpreter swallowed (raised inside a weakref callback)
+    is still honoured when the cache would be committed."""
+    import signal
+
+    from featvlr.cache_writer import CacheWriter
+    from featvlr.interrupts import Signalled, StopSignals
+
+    out = tmp_path / "c.h5"
+    with StopSignals("raise") as stop:
+        with pytest.raises(Signalled):
+            with CacheWriter(out) as w:
+                w.write("images/train/global", np.zeros((2, 3), np.float32))
+                stop.signum = signal.SIGINT  # what the handler records before its raise is lost
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+    with CacheWriter(out) as w:  # outside the block nothing is pending
+        w.write("images/train/global", np.zeros((2, 3), np.float32))
+    assert out.exists()
