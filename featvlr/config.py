@@ -66,6 +66,9 @@ class TrainConfig:
     batch_size: int = number(128, min=2)
     lr: float = number(5e-4, above=0)
     weight_decay: float = number(1e-4, min=0)
+    # Weight decay on every parameter, biases and norm weights included (vse_infty's AdamW);
+    # false: the method's groups (by default none on biases and norms).
+    decay_all_parameters: bool = False
     # "step" (lr x lr_gamma at each epoch in lr_steps), "cosine" or "constant".
     schedule: str = choice("step", "step", "cosine", "constant")
     lr_steps: list[int] = number(lambda: [15], min=0)

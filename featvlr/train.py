@@ -250,7 +250,8 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> Tr
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * cfg.train.epochs
 
-    optimizer = torch.optim.AdamW(method.param_groups(cfg.train.lr, cfg.train.weight_decay),
+    optimizer = torch.optim.AdamW(method.optimizer_groups(cfg.train.lr, cfg.train.weight_decay,
+                                                          decay_all=cfg.train.decay_all_parameters),
                                   lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     tr = cfg.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(

@@ -130,6 +130,15 @@ class Method(nn.Module):
                   {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 
+    def optimizer_groups(self, lr: float, weight_decay: float, *, decay_all: bool = False) -> list[dict]:
+        """:meth:`param_groups`, with ``decay_all`` (``train.decay_all_parameters``) setting
+        ``weight_decay`` on every group, biases and norms included, as vse_infty's AdamW does;
+        per-group learning rates are kept."""
+        groups = self.param_groups(lr, weight_decay)
+        if decay_all:
+            groups = [{**g, "weight_decay": weight_decay} for g in groups]
+        return groups
+
     def ddp_options(self) -> dict[str, Any]:
         """Keyword arguments of ``DistributedDataParallel`` for this method. By default unused
         parameters are searched for (stage-dependent heads, warm-up phases)."""

@@ -30,8 +30,9 @@ an option wherever it changes numbers):
   shorter than ``topk`` contributes ``topk`` slots); "masked" scores only valid words and
   regions. Kept as the default because it is the reference's behaviour and it scored higher
   on the demo's dev split in 3 of 3 seeds. Under DDP each rank first pads its inputs to the
-  longest over ranks, so both modes equal one process on the whole batch (up to the
-  per-rank BatchNorm statistics that every method has under DDP).
+  longest over ranks and the region MLP's BatchNorm takes its statistics over all ranks
+  (:func:`~featvlr.modules.heads.synced_batch_norm`), so both modes equal one process on the
+  whole batch (up to floating-point summation order).
 - ``model.bn_over_padding``: True (default, the reference) includes zero-padded regions in
   the BatchNorm statistics of the region MLP; False uses valid regions only.
 - ``loss.on_empty``: "skip" (default) drops only the anchors that cannot sample a negative
@@ -41,6 +42,9 @@ an option wherever it changes numbers):
   one negative far beyond the cutoff (cosine below about -0.6) underflows the whole row to 0
   and, with "zero", silences the direction. ``stable_weights=false, on_empty=zero`` is the
   reference loss.
+- Every ``Linear`` of the image projection (``fc`` and both layers of the MLP) is
+  Xavier-uniform initialised with zero biases, as the reference's image encoder; ``vse``
+  keeps PyTorch's default init on the MLP (VSE-infinity's).
 - The text projection is Xavier-initialised (shared with ``vse``); the reference uses
   PyTorch's default ``nn.Linear`` init on top of a fine-tuned BERT, which featvlr does not
   fine-tune.
@@ -171,6 +175,16 @@ def gather_tokens(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, to
     return xs, ms
 
 
+def xavier_init_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases on every ``nn.Linear`` of ``module`` (HREM's
+    reference initialises its whole image projection so)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class HREMCriterion(nn.Module):
     """The HREM training objective on the embeddings of a (global) batch (Fu et al., CVPR 2023).
 
@@ -262,6 +276,7 @@ class HREM(Method):
         self.encoders = VSEEncoders(VSEModelOptions(embed_dim=model.embed_dim, pooling="max2",
                                                     bn_over_padding=model.bn_over_padding,
                                                     text_head=model.text_head), dims)
+        xavier_init_linears(self.encoders.image_proj)
         self.image_pool = FragmentPool(model.embed_dim, num_heads=model.fragment_heads, dropout=model.dropout,
                                        residual_weight=model.residual_weight, num_layers=model.fragment_layers)
         self.text_pool = FragmentPool(model.embed_dim, num_heads=model.fragment_heads, dropout=model.dropout,
