@@ -90,7 +90,7 @@ class EvalFlags:
 
 
 def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddings: str | Path | None = None,
-             sims: str | Path | None = None, cache: str | Path | None = None, relevance: str | Path | None = None,
+             sims: str | Path | None = None, cache: str | Path | None = None, relevance: Any = None,
              split: str = "test", scenarios: str | Sequence[str] | None = "all", json_path: str | Path | None = None,
              flags: EvalFlags | None = None, device: str = "auto", plots: bool = True,
              print_table: bool = True, examples: int = 0) -> dict[str, Any]:
@@ -103,7 +103,9 @@ def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddi
         embeddings: ``.npz`` with ``images`` and ``texts`` (or ``queries`` and ``gallery``).
         sims: ``.npy`` ``[n_images, n_texts]`` scores.
         cache: the feature cache (caption -> image index, relevance, composed data).
-        relevance: ``[n_texts, n_images]`` ROUGE-L relevance file (overrides the cache's).
+        relevance: ``[n_texts, n_images]`` ROUGE-L relevance file, or a list of ``FILE`` /
+            ``KIND=FILE`` (another kind, e.g. ``spice=FILE``: NDCG keys ``*_spice``); overrides
+            the cache's matrices of those kinds.
         split: the cache split (for a run, ``test`` also finds the config's ``data.test_split``).
         scenarios: ``"all"`` (every scenario the input allows) or names, e.g. ``"i2t,t2i"``.
         json_path: the results JSON (default ``<run>/eval/<split>.json``, or

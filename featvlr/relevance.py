@@ -29,10 +29,17 @@ and NDCG numbers are reproduced. ``split_on=None`` splits on any run of whitespa
 :func:`load_relevance` reads the relevance files the papers ship: TERAN's headerless
 float32 memory maps (named ``.npy`` although they have no header) and the ordinary
 ``.npy`` files of RVLR and CoVLR.
+
+A cache holds one matrix per relevance kind, ``relevance/<split>/<kind>``: ``rougeL`` (computed
+or imported) and any other kind imported from a published file (e.g. TERAN's SPICE matrices;
+computing SPICE needs Java and is not offered). NDCG on kind ``k`` is reported under the
+ROUGE-L key with ``_k`` appended (``t2i/ndcg_exp@25_spice``); ROUGE-L keeps the plain keys.
+:func:`parse_relevance_specs` reads ``FILE`` / ``KIND=FILE`` arguments.
 """
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -41,7 +48,42 @@ import numpy as np
 
 from featvlr.errors import InputError
 
-__all__ = ["rouge_l", "iter_rouge_l", "load_relevance", "rouge_definition", "BETA", "TERAN_SPLIT", "ROUGE_TOKENS"]
+__all__ = ["rouge_l", "iter_rouge_l", "load_relevance", "rouge_definition", "BETA", "TERAN_SPLIT", "ROUGE_TOKENS",
+           "DEFAULT_KIND", "kind_suffix", "check_kind", "parse_relevance_specs"]
+
+DEFAULT_KIND = "rougeL"
+_KIND = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def check_kind(kind: str, where: str = "--relevance") -> str:
+    """``kind`` if it is a valid relevance kind name (a letter, then letters, digits, ``_``)."""
+    from featvlr.errors import ConfigError
+
+    if not _KIND.fullmatch(kind):
+        raise ConfigError(f"{where}: relevance kind {kind!r} must be a name (letters, digits, _), e.g. spice")
+    return kind
+
+
+def kind_suffix(kind: str) -> str:
+    """Suffix of the NDCG keys of relevance ``kind`` (none for ROUGE-L, today's keys)."""
+    return "" if kind == DEFAULT_KIND else f"_{kind}"
+
+
+def parse_relevance_specs(specs: Sequence[str | os.PathLike] | str | os.PathLike | None) -> dict[str, Path]:
+    """``{kind: file}`` of ``FILE`` (ROUGE-L) and ``KIND=FILE`` arguments (``spice=t.npy``)."""
+    if specs is None:
+        return {}
+    if isinstance(specs, (str, os.PathLike)):
+        specs = [specs]
+    out: dict[str, Path] = {}
+    for spec in specs:
+        text = os.fspath(spec)
+        kind, sep, rest = text.partition("=")
+        if sep and _KIND.fullmatch(kind) and not Path(text).exists():
+            out[kind] = Path(rest)
+        else:
+            out[DEFAULT_KIND] = Path(text)
+    return out
 
 BETA = 1.2
 _WORD = 64

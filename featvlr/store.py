@@ -15,6 +15,7 @@ Layout (``FORMAT_VERSION`` 1; every split is optional)::
     texts/<split>/image_index  [Nt]       int64 caption -> image row (-1 where no image)
     texts/<split>/raw          [Nt]       UTF-8 captions
     relevance/<split>/rougeL   [Nt, N]    float32 caption x image relevance (TERAN definition)
+    relevance/<split>/<kind>   [Nt, N]    float32 other imported relevance (e.g. spice)
     composed/<split>/...       reference, target, text, subsets, pair_ids, category (composed data)
 
 A cache is written by :class:`featvlr.cache_writer.CacheWriter` to ``<path>.partial`` and
@@ -188,10 +189,11 @@ class FeatureStore:
                 index = np.asarray(txt["image_index"][:])
                 if index.max(initial=-1) >= n_img:
                     raise InputError(self.path, f"texts/{split}/image_index points past the {n_img} images")
-        rel = h5.get(f"relevance/{split}/rougeL")
-        if rel is not None and txt is not None and n_img is not None:
-            if tuple(rel.shape) != (txt["pooled"].shape[0], n_img):
-                raise InputError(self.path, f"relevance/{split}/rougeL has shape {tuple(rel.shape)}, expected "
+        group = h5.get(f"relevance/{split}")
+        for kind in (group.keys() if isinstance(group, h5py.Group) else ()):
+            rel = group[kind]
+            if txt is not None and n_img is not None and tuple(rel.shape) != (txt["pooled"].shape[0], n_img):
+                raise InputError(self.path, f"relevance/{split}/{kind} has shape {tuple(rel.shape)}, expected "
                                  f"({txt['pooled'].shape[0]}, {n_img})")
 
     def _check_finite(self, ds: h5py.Dataset, name: str, sample_rows: int) -> None:
@@ -361,6 +363,12 @@ class StoreSplit:
         if not self.store.has(key):
             return [str(i) for i in range(self.n_images)]
         return [s.decode() if isinstance(s, bytes) else str(s) for s in self._ds(key)[:]]
+
+    def relevance_kinds(self) -> list[str]:
+        """Names of the relevance matrices of the split (``rougeL`` first, then sorted)."""
+        group = self.store.h5.get(f"relevance/{self.name}")
+        kinds = sorted(group.keys()) if isinstance(group, h5py.Group) else []
+        return sorted(kinds, key=lambda k: k != "rougeL")
 
     def relevance(self, kind: str = "rougeL") -> np.ndarray | None:
         """``[n_texts, n_images]`` float32 relevance, or None when the split has none."""

@@ -19,8 +19,10 @@ def eval_command(
     sims: Path | None = typer.Option(None, help=".npy [n_images, n_texts] similarity matrix from any model."),
     cache: Path | None = typer.Option(None, help="Feature cache: caption -> image index, relevance, composed "
                                       "data (default for a run: its config's data.cache)."),
-    relevance: Path | None = typer.Option(None, help="[n_texts, n_images] ROUGE-L relevance (float .npy, flat or 2-D, "
-                                          "or TERAN's raw float32); overrides the cache's."),
+    relevance: list[str] | None = typer.Option(None, help="[n_texts, n_images] ROUGE-L relevance FILE (float "
+                                                   ".npy, flat or 2-D, or TERAN's raw float32), or KIND=FILE for "
+                                                   "another kind (spice=FILE: keys *_spice); repeatable; overrides "
+                                                   "the cache's."),
     folds: str | None = typer.Option(None, help="Folds, e.g. '1,5' for COCO 5K and 1K (default: from the run's "
                                      "config, else 1)."),
     ks: str = typer.Option("1,5,10", help="Recall@K cut-offs."),
@@ -58,7 +60,7 @@ def eval_command(
                       t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol,
                       first_images=first_images)
     target = (targets[0] if len(targets) == 1 else list(targets)) if targets else None
-    record = run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance, split=split,
+    record = run_eval(target, embeddings=embeddings, sims=sims, cache=cache, relevance=relevance or None, split=split,
                       scenarios=scenarios, json_path=json_path, flags=flags, device=device, plots=plots,
                       print_table=False, examples=examples)
     from featvlr.evaluation.results import format_results

@@ -88,7 +88,8 @@ def precomp(
     dtype: Dtype = typer.Option(Dtype.float16, "--dtype", help="Storage type of region and text features."),
     relevance: str = typer.Option("compute", "--relevance", help="Caption x image relevance of the evaluation "
                                   "splits (all but train): 'compute' (TERAN ROUGE-L), 'none', a TERAN or RVLR "
-                                  "relevance FILE for the one evaluation split, or SPLIT=FILE|compute|none,..."),
+                                  "relevance FILE for the one evaluation split, or SPLIT=FILE|compute|none,...; "
+                                  "SPLIT:KIND=FILE imports another kind, e.g. test:spice=FILE (TERAN's SPICE)."),
     rouge_tokens: RougeTokens = typer.Option(RougeTokens.teran, "--rouge-tokens", help="Tokens of the computed "
                                              "ROUGE-L: 'teran' (lower-case, split on single spaces, as TERAN's "
                                              "published files) or 'whitespace' (split on any run of whitespace)."),

@@ -14,6 +14,7 @@ from featvlr.evaluation.options import BACKENDS, CROSS_MODAL, UNI_AND_MIXED, par
 from featvlr.evaluation.split_data import SplitData, n_rows
 from featvlr.evaluation.unimodal import uni_and_mixed
 from featvlr.metrics import average_folds, fold_texts, iter_folds, ndcg_key, recall_curve, recall_from_ranks
+from featvlr.relevance import kind_suffix
 from featvlr.retrieval import (
     DEFAULT_CHUNK_ELEMENTS,
     DenseScores,
@@ -189,7 +190,10 @@ def _cross_modal(img, txt, sims, data: SplitData, folds: int | list, directions:
     """``{d}_R@K``, ``{d}_medr``, ``{d}_meanr`` (and TERAN NDCG) per direction, averaged over
     folds (an int: :func:`iter_folds`; or a list of blocks as it yields them); ``rsum`` when
     both directions are asked for."""
-    rel = data.relevance("i2t/t2i NDCG") if teran_ndcg else None
+    rels: dict[str, torch.Tensor] = {}
+    if teran_ndcg:
+        kinds = data.relevance_kinds() or ["rougeL"]  # none: ROUGE-L's error names what is missing
+        rels = {kind: data.relevance_of(kind, "i2t/t2i NDCG") for kind in kinds}
     per_fold: list[dict[str, float]] = []
     curve_parts: dict[str, list[list[float]]] = {d: [] for d in directions}
     sl = (shortlist, shortlist) if isinstance(shortlist, int) else shortlist
@@ -210,8 +214,9 @@ def _cross_modal(img, txt, sims, data: SplitData, folds: int | list, directions:
                 r = ranks(sources[d], positives[d], chunk_elements=chunk_elements)
                 res.update(recall_from_ranks(r, ks, prefix=f"{d}_"))
             curve_parts[d].append(recall_curve(r))
-            if rel is not None:
-                res.update(_teran_ndcg(sources[d], d, rel, img_idx, txt_idx, ndcg_exp_k, chunk_elements))
+            for kind, rel in rels.items():
+                part = _teran_ndcg(sources[d], d, rel, img_idx, txt_idx, ndcg_exp_k, chunk_elements)
+                res.update({key + kind_suffix(kind): v for key, v in part.items()})
         if len(directions) == 2:
             res["rsum"] = float(sum(v for k, v in res.items() if "_R@" in k))
         per_fold.append(res)

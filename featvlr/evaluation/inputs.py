@@ -98,18 +98,24 @@ def check_composed_embeddings(arrays: dict[str, np.ndarray], path: Path, st: Any
     return q, g
 
 
-def arrays_or_split(st: Any, relevance: str | Path | None, n_images: int, n_texts: int, inputs: dict) -> Any:
-    """The split, or with a relevance file ``{"txt2img", "relevance"}`` (the split's index when
-    there is a split); the file is read by :func:`featvlr.relevance.load_relevance`."""
-    if relevance is None:
-        return st
-    from featvlr.relevance import load_relevance
+def arrays_or_split(st: Any, relevance: Any, n_images: int, n_texts: int, inputs: dict) -> Any:
+    """The split, or with relevance files ``{"txt2img", "relevance", "relevance_kinds"}`` (the
+    split's index and its other relevance kinds when there is a split). ``relevance``: a file
+    (ROUGE-L) or a list of ``FILE`` / ``KIND=FILE`` (:func:`featvlr.relevance.parse_relevance_specs`),
+    read by :func:`featvlr.relevance.load_relevance`."""
+    from featvlr.relevance import load_relevance, parse_relevance_specs
 
-    rpath = Path(relevance)
-    rel = load_relevance(rpath, n_texts, n_images)
-    inputs["relevance"] = str(rpath)
+    files = parse_relevance_specs(relevance)
+    if not files:
+        return st
+    kinds: dict[str, Any] = {}
+    if st is not None:
+        kinds = {k: st.relevance(k) for k in st.relevance_kinds() if k not in files}
+    for kind, rpath in files.items():
+        kinds[kind] = load_relevance(rpath, n_texts, n_images)
+        inputs["relevance" if kind == "rougeL" else f"relevance_{kind}"] = str(rpath)
     txt2img = st.image_index() if st is not None else None
-    return {"txt2img": txt2img, "relevance": rel}
+    return {"txt2img": txt2img, "relevance": kinds.pop("rougeL", None), "relevance_kinds": kinds}
 
 
 def has_relevance(data: Any) -> bool:
@@ -117,5 +123,5 @@ def has_relevance(data: Any) -> bool:
     if data is None:
         return False
     if isinstance(data, dict):
-        return data.get("relevance") is not None
-    return data.has(f"relevance/{data.name}/rougeL")
+        return data.get("relevance") is not None or bool(data.get("relevance_kinds"))
+    return bool(data.relevance_kinds())

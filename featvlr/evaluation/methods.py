@@ -52,7 +52,7 @@ def evaluate_cross_modal_method(method: Any, split: Any, scenarios: str | Sequen
     if chosen is not None and "composed" in chosen:
         raise FeatvlrError("the composed scenario needs a composed method")
     images, texts = embed_split(method, split, batch_size=opts.batch_size, device=device, max_tokens=opts.max_tokens)
-    teran = opts.teran_ndcg and split.has(f"relevance/{split.name}/rougeL")
+    teran = opts.teran_ndcg and bool(split.relevance_kinds())
     common: dict[str, Any] = dict(ks=opts.ks, ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=teran,
                                   t2t_without_siblings=opts.t2t_without_siblings, backend=opts.backend,
                                   faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements,

@@ -28,6 +28,7 @@ class SplitData:
         self.split = None
         self._relevance: Any = None
         self._rel_loaded = False
+        self._kinds: dict[str, Any] = {}
         self.txt2img: np.ndarray | None = None
         if split_or_arrays is None:
             pass
@@ -35,6 +36,7 @@ class SplitData:
             t = split_or_arrays.get("txt2img", split_or_arrays.get("image_index"))
             self.txt2img = None if t is None else as_index(t).cpu().numpy()
             self._relevance = split_or_arrays.get("relevance")
+            self._kinds = dict(split_or_arrays.get("relevance_kinds") or {})
             self._rel_loaded = True
         else:
             self.split = split_or_arrays
@@ -69,6 +71,24 @@ class SplitData:
             raise FeatvlrError(f"the relevance matrix has shape {tuple(rel.shape)}, expected "
                                f"{(self.n_texts, self.n_images)} (texts x images)")
         self._relevance = rel
+        return rel
+
+    def relevance_kinds(self) -> list[str]:
+        """The relevance kinds at hand (``rougeL`` first; e.g. ``spice`` too)."""
+        if self.split is not None:
+            return self.split.relevance_kinds()
+        return (["rougeL"] if self._relevance is not None else []) + [k for k in self._kinds if k != "rougeL"]
+
+    def relevance_of(self, kind: str, needed_by: str) -> torch.Tensor:
+        """The ``[n_texts, n_images]`` relevance of ``kind`` (:meth:`relevance` for ROUGE-L)."""
+        if kind == "rougeL":
+            return self.relevance(needed_by)
+        if kind not in self._kinds and self.split is not None:
+            self._kinds[kind] = self.split.relevance(kind)
+        rel = as_tensor(self._kinds[kind]) if self._kinds.get(kind) is not None else None
+        if rel is None or tuple(rel.shape) != (self.n_texts, self.n_images):
+            raise FeatvlrError(f"{needed_by}: relevance {kind!r} is missing or not {(self.n_texts, self.n_images)}")
+        self._kinds[kind] = rel
         return rel
 
     @property

@@ -131,14 +131,19 @@ class _Split:
     image_ids: list[str] | None
     relevance: str | Path | None = None   # "compute", a file, or None
     relevance_array: np.ndarray | None = field(default=None, repr=False)
+    # Other imported relevance kinds (``--relevance test:spice=FILE``): kind -> (file, array).
+    relevance_kinds: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_images(self) -> int:
         return int(self.features.shape[0])
 
 
-def _relevance_plan(spec: str | os.PathLike | None, splits: list[str]) -> dict[str, str | Path | None]:
-    """Per split: ``"compute"``, a :class:`Path`, or ``None``."""
+def _relevance_plan(spec: str | os.PathLike | None, splits: list[str], *, kinds: dict | None = None
+                    ) -> dict[str, str | Path | None]:
+    """Per split: ``"compute"``, a :class:`Path`, or ``None`` (the ROUGE-L matrix). Entries
+    ``SPLIT:KIND=FILE`` import another relevance kind (e.g. ``test:spice=FILE``) into ``kinds``
+    (``{split: {kind: Path}}``); without ``kinds`` they are refused."""
     evals = [s for s in splits if s != "train"]
     plan: dict[str, str | Path | None] = {s: None for s in splits}
     spec = "none" if spec is None else spec
@@ -155,6 +160,17 @@ def _relevance_plan(spec: str | os.PathLike | None, splits: list[str]) -> dict[s
             plan[s] = "compute"
         for entry in entries:
             split, value = entry.split("=", 1)
+            split, _, kind = split.partition(":")
+            if kind and kind != "rougeL":
+                from featvlr.relevance import check_kind
+
+                if kinds is None or value.lower() in ("compute", "none"):
+                    raise ConfigError(f"--relevance {entry}: relevance kinds other than rougeL are imported from "
+                                      "a file by `extract precomp` (SPLIT:KIND=FILE)")
+                if split not in plan:
+                    raise ConfigError(f"--relevance names split {split!r}, which is not extracted")
+                kinds.setdefault(split, {})[check_kind(kind)] = Path(value)
+                continue
             if split not in plan:
                 raise ConfigError(f"--relevance names split {split!r}, which is not extracted "
                                   f"(splits: {', '.join(splits)})")
@@ -185,7 +201,8 @@ def _check_inputs(root: Path, splits: list[str] | None, relevance) -> list[_Spli
         if not found:
             raise InputError(root, "no {split}_ims.npy files here: not a SCAN/BUTD precomp folder")
         splits = found
-    plan = _relevance_plan(relevance, list(splits))
+    kinds: dict[str, dict[str, Path]] = {}
+    plan = _relevance_plan(relevance, list(splits), kinds=kinds)
     out = []
     for name in splits:
         ims, caps, ids = root / f"{name}_ims.npy", root / f"{name}_caps.txt", root / f"{name}_ids.txt"
@@ -210,6 +227,10 @@ def _check_inputs(root: Path, splits: list[str] | None, relevance) -> list[_Spli
             from featvlr.relevance import load_relevance
 
             split.relevance_array = load_relevance(split.relevance, len(captions), n)
+        if kinds.get(name):
+            from featvlr.relevance import load_relevance
+
+            split.relevance_kinds = {k: (p, load_relevance(p, len(captions), n)) for k, p in kinds[name].items()}
         out.append(split)
     return out
 
@@ -395,6 +416,9 @@ def extract_precomp(root: str | os.PathLike, out: str | os.PathLike | None = Non
             _write_texts(w, split, encoder, np_dtype, progress)
             t2 = time.perf_counter()
             rel = _write_relevance(w, split, progress, rouge_split_on)
+            for kind, (path, arr) in split.relevance_kinds.items():
+                w.write(f"relevance/{split.name}/{kind}", np.ascontiguousarray(arr, dtype=np.float32))
+                sources["splits"][split.name][f"relevance_{kind}"] = str(path)
             t3 = time.perf_counter()
             sources["splits"][split.name]["relevance"] = rel
             timings[split.name] = {"images": round(t1 - t0, 3), "texts": round(t2 - t1, 3),
