@@ -3,10 +3,12 @@ Considering Structure-Aware Distillation", IEEE TIP 2024).
 
 Two kinds of teacher, both constants during training:
 
-- **features**: the cached uni-modal features themselves, read from the batch:
+- **features** (RVLR's default, the paper's modality-specific teachers): the cached
+  uni-modal features themselves, read from the batch:
   the pooled sentence embedding ``pooled_text`` for texts, and the mean of the valid regions
   (or the ``global_image`` vector) for images (:func:`features_teacher`).
-- **run**: the embeddings of an earlier featvlr run. They are computed once over the training
+- **run**: the embeddings of an earlier featvlr run (RVLR's ``model.teacher: base`` trains
+  a ``vse`` run first and uses it: a joint cross-modal space, not uni-modal teachers). They are computed once over the training
   split with :func:`featvlr.checkpoint.load_method` and cached beside the feature cache, in
   ``<cache>.teachers/<run>-<ckpt>-<split>-<hash>.h5`` (the hash covers the checkpoint file,
   its size and modification time, the feature cache and the split, so retraining the teacher

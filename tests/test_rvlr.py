@@ -17,6 +17,7 @@ import featvlr.teachers as teachers
 from featvlr.checkpoint import load_method, resolve_checkpoint
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
+from featvlr.errors import ConfigError
 from featvlr.losses.distill import RepresentationDistillation, StructureDistillation, wasserstein_1d
 from featvlr.methods import StepState, get_method
 from featvlr.store import FeatureStore
@@ -172,8 +173,8 @@ def test_feature_teacher_receives_no_gradient(cache):
     out = method(batch, StepState())
     sum(v for k, v in out.items() if k.endswith("_loss")).backward()
     assert batch["pooled_text"].grad is None
-    assert {"image_distill_loss", "text_distill_loss", "structure_loss", "image_mixture_loss",
-            "text_mixture_loss", "contrastive_loss"} <= set(out)
+    assert {"image_distill_loss", "text_distill_loss", "structure_loss", "contrastive_loss"} <= set(out)
+    assert {"image_mixture", "text_mixture"} <= set(out) and not any(k.endswith("mixture_loss") for k in out)
     assert method.teacher_text_proj.weight.grad is not None and method.teacher_image_proj.weight.grad is not None
     assert method.structure.lambda_logit.grad is not None
     assert method.encoders.text_proj.weight.grad.abs().sum() > 0
@@ -224,15 +225,72 @@ def test_teacher_cache_is_reused_not_recomputed(cache, vse_run, monkeypatch):
 
 def test_two_stages_in_one_command(cache, tmp_path):
     run = tmp_path / "rvlr"
-    result = train(quick(cache), run)
+    result = train(quick(cache, "model.teacher=base"), run)
     assert (run / "teacher" / "ckpt" / "best.pt").exists() and (run / "ckpt" / "best.pt").exists()
     method, cfg = load_method(run)
     assert cfg.method == "rvlr" and cfg.model.teacher == str(run / "teacher")
     assert Path(cfg.model.teacher_cache).exists() and result.epochs_run == 1
     teacher_mtime = (run / "teacher" / "ckpt" / "last.pt").stat().st_mtime_ns
-    cfg2 = get_method("rvlr").prepare(quick(cache), run)  # a second prepare reuses the finished base
+    cfg2 = get_method("rvlr").prepare(quick(cache, "model.teacher=base"), run)  # reuses the finished base
     assert (run / "teacher" / "ckpt" / "last.pt").stat().st_mtime_ns == teacher_mtime
     assert cfg2.model.teacher_cache == cfg.model.teacher_cache
+
+
+def test_default_teachers_are_uni_modal_features_in_one_stage(cache, tmp_path):
+    cfg = quick(cache)
+    assert cfg.model.teacher == "features"
+    rvlr = get_method("rvlr")
+    assert rvlr.stages(cfg, tmp_path / "r") == [] and rvlr.prepare(cfg, tmp_path / "r") == cfg
+    method = rvlr(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    assert not method.starts_from_teacher
+    batch = first_batch(cache)
+    img, txt = method.teacher_rows(batch)
+    assert torch.equal(txt, batch["pooled_text"].float())  # the frozen sentence vectors
+    assert img.shape[1] == batch["regions"].shape[-1]  # an image-only feature
+    for config_file in sorted(Path(__file__).parents[1].glob("configs/*rvlr*.yaml")):
+        assert load_config(config_file, []).model.teacher == "features", config_file
+    with pytest.raises(ConfigError, match="model.teacher"):
+        rvlr.prepare(quick(cache, "model.teacher="), tmp_path / "r")
+
+
+def test_mixture_terms_are_diagnostics_unless_trained(cache):
+    dims = feature_dims(FeatureStore(cache).split("train"))
+    batch = first_batch(cache)
+    cfg = quick(cache, "loss.reduction=mean")
+    torch.manual_seed(0)
+    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    out = method(batch, StepState(epoch=1))
+    assert not out["image_mixture"].requires_grad and not out["text_mixture"].requires_grad
+    with torch.no_grad():  # with MAE they sum to mean|I - T| over off-diagonal pairs: a constant
+        img, txt = method.teacher_rows(batch)
+        rel = lambda x: F.normalize(x, dim=-1) @ F.normalize(x, dim=-1).T / 0.07  # noqa: E731
+        off = ~torch.eye(len(img), dtype=torch.bool)
+        want = (rel(img) - rel(txt))[off].abs().mean()
+    assert (out["image_mixture"] + out["text_mixture"]).item() == pytest.approx(want.item(), rel=1e-4)
+    trained = quick(cache, "loss.mixture=train", "loss.reduction=mean")
+    torch.manual_seed(0)
+    method = get_method("rvlr")(trained.model, trained.loss, dims)
+    out2 = method(batch, StepState(epoch=1))
+    assert out2["image_mixture_loss"].item() == pytest.approx(out["image_mixture"].item(), rel=1e-5)
+    assert out2["text_mixture_loss"].item() == pytest.approx(out["text_mixture"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "infonce"])
+def test_distillation_scale_per_reduction(cache, kind):
+    dims = feature_dims(FeatureStore(cache).split("train"))
+    batch = first_batch(cache)
+    outs = {}
+    for reduction in ("mean", "sum", "auto"):
+        cfg = quick(cache, f"loss.kind={kind}", f"loss.reduction={reduction}")
+        torch.manual_seed(0)
+        outs[reduction] = get_method("rvlr")(cfg.model, cfg.loss, dims)(batch, StepState(epoch=1))
+    b = len(batch["image_ids"])
+    auto = 2 * b * 0.07 if kind == "hinge" else 1.0  # the hinge's units: both directions, summed, in cosines
+    for key in ("image_distill_loss", "text_distill_loss", "structure_loss"):
+        mean = outs["mean"][key].item()
+        assert outs["sum"][key].item() == pytest.approx(b * mean, rel=1e-5)
+        assert outs["auto"][key].item() == pytest.approx(auto * mean, rel=1e-5)
+    assert outs["auto"]["contrastive_loss"].item() == pytest.approx(outs["mean"]["contrastive_loss"].item())
 
 
 # -- DDP: one step on 2 gloo ranks equals one process on the global batch -----------------

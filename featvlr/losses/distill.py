@@ -127,13 +127,14 @@ class StructureDistillation(nn.Module):
     ``learnable_temperature`` (then clamped to ``[tau_min, tau_max]``). See the module
     docstring for why both differ from the paper code.
 
-    Note: with MAE, ``kdi + kdt = mean|I - T|`` whatever lambda in (0, 1), so only ``kd``
-    moves lambda (as in the paper); with MSE they pull lambda toward 1/2.
+    Note: with MAE, ``kdi + kdt = mean|I - T|`` whatever lambda in (0, 1), a constant that
+    reaches no parameter (the teachers are detached, tau2 fixed): only ``kd`` moves lambda
+    and RVLR logs the two as diagnostics by default; with MSE they pull lambda toward 1/2.
 
     Example::
 
         out = StructureDistillation(distance="mae")([t, v], teacher_text, teacher_image)
-        loss = 2 * out["kd"] + out["kdi"] + out["kdt"]
+        loss = 2 * out["kd"]  # kdi, kdt: diagnostics with MAE (see the note above)
     """
 
     def __init__(self, *, distance: str = "mae", temperature: float = 0.07, learnable_temperature: bool = False,

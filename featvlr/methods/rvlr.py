@@ -4,19 +4,22 @@ Yang et al., "Rebalanced Vision-Language Retrieval Considering Structure-Aware D
 IEEE TIP 2024 (code: njustkmg/TIP24-Rebalanced_Vision_Language_Retrieval).
 
 Student: the VSE-infinity dual encoder of :mod:`featvlr.methods.vse` (same heads, same
-test-time encoders). Teachers, frozen (:mod:`featvlr.teachers`): ``model.teacher: features``
-uses the cached uni-modal features (pooled sentence embeddings, mean-pooled regions);
-``model.teacher: runs/NAME`` uses the embeddings of an earlier featvlr run, computed once
-over the training split and cached beside the feature cache; an empty ``model.teacher`` (the
-default) runs the paper's two-stage recipe in one command: :meth:`RVLR.prepare` first trains
-the base ``vse`` run as ``<run_dir>/teacher`` and then distils from it.
+test-time encoders). Teachers, frozen (:mod:`featvlr.teachers`): by default
+(``model.teacher: features``) the paper's modality-specific ones, from the cache: the pooled
+sentence vectors for text and an image-only feature (mean of the valid regions, or the
+global vector) for images; the run is one stage with the student trained from scratch.
+``model.teacher: base`` runs a two-stage recipe in one command: :meth:`RVLR.prepare` first
+trains the base ``vse`` run as ``<run_dir>/teacher`` and distils from its (joint, cross-modal)
+embeddings, the student starting from its weights (twice the epochs of a ``vse`` run);
+``model.teacher: runs/NAME`` uses the embeddings of an earlier featvlr run. A run teacher's
+embeddings are computed once over the training split and cached beside the feature cache.
 
 Loss, on the global batch (all ranks gathered)::
 
     L = w_itc * L_cm                       base cross-modal loss (vse's hinge, or ITC with soft ids)
       + w_iic * L_iic + w_ttc * L_ttc      representation distillation, per modality
       + w_kd  * L_kd                       student relations vs lambda * T + (1 - lambda) * I
-      + w_kdi * L_kdi + w_kdt * L_kdt      the two teacher-mixture terms
+      (+ w_kdi * L_kdi + w_kdt * L_kdt     the two teacher-mixture terms, loss.mixture: train)
 
 with the paper's weights 1, 1, 2, 2, 1, 1 (its ``a..g`` minus ``b = 2`` for ITM).
 
@@ -40,12 +43,20 @@ Differences from the paper code (its behaviour is described in METHODS.md, secti
   MLP projections of the teacher features and a weighting by student text distances, and
   zeroes the two mixture terms. Its ``kl`` option (an L1 between cumulative sums) is not
   offered.
-- **Base loss.** vse's hinge by default (featvlr's baseline, so stage 1 is exactly a ``vse``
-  run); the paper's X-VLM ITC is ``loss.kind: infonce``. The hinge is a sum over the batch,
-  so with it the distillation terms are summed too (``loss.reduction: auto``, i.e. multiplied
-  by the global batch size): the paper's weights then keep their balance against the base.
-- **Two stages, one train section.** Stage 1 and stage 2 use the config's ``train`` section
-  (epochs, schedule); the student starts from the stage-1 weights
+- **Mixture terms logged, not trained** (``loss.mixture: log``, the default). With MAE,
+  ``L_kdi + L_kdt = (|lambda| + |1 - lambda|) mean|I - T|``: in the paper (lambda
+  unconstrained) its only effect is to keep lambda in [0, 1], which the sigmoid does here, so
+  the sum is a constant with no gradient. They are returned as the diagnostics
+  ``image_mixture`` and ``text_mixture``; ``loss.mixture: train`` adds them as losses (with
+  ``mse`` or ``wd`` they then pull lambda toward 1/2).
+- **Base loss.** vse's hinge by default (featvlr's baseline); the paper's X-VLM ITC is
+  ``loss.kind: infonce``. The paper's terms are all means, next to a mean ITC at tau 0.07;
+  the hinge sums both directions over the batch in cosine units, so with it
+  ``loss.reduction: auto`` multiplies the distillation terms by ``2 * B * distill_temperature``
+  (:func:`distill_scale`), which keeps the paper's distillation-to-base gradient ratio
+  (``benchmarks/bench_rvlr_balance.py`` prints it; ``sum``, x B, made them 6-12x the hinge).
+- **Two stages (``model.teacher: base``), one train section.** Stage 1 and stage 2 use the
+  config's ``train`` section; the student starts from the stage-1 weights
   (``model.init_from_teacher``) as the paper's stage 2 loads its stage-1 checkpoint, and
   then skips the hinge's sum-over-negatives warm-up (the base had it).
 - **Checkpoint selection on the dev split** (the paper selects on test), fixed seeds.
@@ -75,13 +86,15 @@ from featvlr.modules import xavier_linear
 from featvlr.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
 
 RELATIONS = ("text", "image", "both")
+BASE_TEACHER = "base"  # model.teacher value of the two-stage recipe
 
 
 @dataclass
 class RVLRModelOptions(VSEModelOptions):
-    # "" (two stages: train the vse base as <run_dir>/teacher, then distil from it),
-    # "features" (the cached uni-modal features), or a run folder / .pt of an earlier run.
-    teacher: str = ""
+    # "features" (the paper's uni-modal teachers from the cache: the frozen sentence vectors
+    # and an image-only feature), "base" (two stages: train the vse base as
+    # <run_dir>/teacher, then distil from its joint space), or a run folder / .pt of an earlier run.
+    teacher: str = "features"
     # Which checkpoint of a teacher run: "best" or "last".
     teacher_checkpoint: str = choice("best", "best", "last")
     # Image teacher of `features`: "regions" (mean of the valid regions) or "global".
@@ -99,8 +112,8 @@ class RVLRLossOptions(VSELossOptions):
     # The base cross-modal loss is vse's (``kind``: "hinge" by default, or "infonce", the
     # paper's ITC with soft image ids); the two-stage recipe trains its base with it too.
     # Reduction of the distillation terms over the batch: "mean" (the paper's, next to its
-    # mean ITC), "sum" (x global batch size, to keep the paper's balance next to the hinge,
-    # which sums over the batch), or "auto" (sum with the hinge, mean with InfoNCE).
+    # mean ITC), "sum" (x global batch size B), or "auto" (mean with InfoNCE; with the hinge,
+    # x 2 * B * distill_temperature, which keeps the paper's gradient balance: see distill_scale).
     reduction: str = choice("auto", "auto", "mean", "sum")
     # Weights (the paper's a, c, d, e, f, g = 1, 1, 2, 2, 1, 1; its ITM weight b has no term here).
     contrastive_weight: float = number(1.0, min=0)
@@ -109,6 +122,12 @@ class RVLRLossOptions(VSELossOptions):
     structure_weight: float = number(2.0, min=0)
     image_mixture_weight: float = number(1.0, min=0)
     text_mixture_weight: float = number(1.0, min=0)
+    # The mixture terms |I - E| and |T - E|: "log" (diagnostics ``image_mixture`` and
+    # ``text_mixture``, not summed into the loss) or "train" (weighted ``*_mixture_loss``
+    # terms). With MAE they sum to mean|I - T| whatever lambda in (0, 1): no gradient reaches
+    # any parameter, so "train" only changes the logged total; with "mse" or "wd" they pull
+    # lambda toward 1/2, and with a learnable tau2 they grow it.
+    mixture: str = choice("log", "log", "train")
     # Representation distillation temperature (own, learnable, clamped to [0.01, 0.5]).
     distill_temperature: float = number(0.07, above=0)
     learnable_distill_temperature: bool = True
@@ -134,8 +153,31 @@ def _check_options(model: RVLRModelOptions, loss: RVLRLossOptions) -> None:
         raise ConfigError(f"loss.distance: unknown distance {loss.distance!r} ({', '.join(DISTANCES)})")
     if loss.reduction not in ("auto", "mean", "sum"):
         raise ConfigError(f"loss.reduction: expected auto, mean or sum, got {loss.reduction!r}")
+    if loss.mixture not in ("log", "train"):
+        raise ConfigError(f"loss.mixture: expected log or train, got {loss.mixture!r}")
+    if not model.teacher:
+        raise ConfigError("model.teacher: empty; use features (uni-modal teachers from the cache), base (train "
+                          "the vse base first and distil from it) or the folder of an earlier run")
     if not 0.0 < loss.init_lambda < 1.0:
         raise ConfigError(f"loss.init_lambda must lie in (0, 1), got {loss.init_lambda}")
+
+
+def distill_scale(loss: RVLRLossOptions, batch: int, *, hinge: bool) -> float:
+    """The factor on the (mean-reduced) distillation terms for ``loss.reduction`` and a global
+    batch of ``batch`` rows.
+
+    ``mean``: 1 (the paper's, next to its mean ITC). ``sum``: ``batch``. ``auto``: 1 with
+    InfoNCE; with the hinge, ``2 * batch * distill_temperature``. The hinge sums both
+    directions over the batch in cosine units, where the paper's ITC averages them in units of
+    ``1 / tau``; the distillation terms are mean cross-entropies over cosines / tau (and MAE
+    over relations / tau2), so this factor puts them in the hinge's units and keeps the
+    paper's distillation-to-base gradient ratio (about 1-2x, benchmarks/bench_rvlr_balance.py).
+    """
+    if loss.reduction == "mean":
+        return 1.0
+    if loss.reduction == "sum":
+        return float(batch)
+    return 2.0 * batch * loss.distill_temperature if hinge else 1.0
 
 
 def base_config(config: Any) -> Any:
@@ -153,9 +195,10 @@ class RVLR(TowerEncoders, Method):
 
     Input: the cross-modal training batch (``regions``, ``tokens``, ``pooled_text``,
     ``image_ids``, ``text_ids``, ...). ``training_step`` returns ``contrastive_loss``,
-    ``image_distill_loss``, ``text_distill_loss``, ``structure_loss``,
-    ``image_mixture_loss``, ``text_mixture_loss`` (already weighted) and logs ``lambda``
-    and the temperatures. At test time it is the plain dual encoder: ``encode_images`` and
+    ``image_distill_loss``, ``text_distill_loss``, ``structure_loss`` (already weighted),
+    the mixture diagnostics ``image_mixture`` and ``text_mixture`` (or, with
+    ``loss.mixture: train``, ``image_mixture_loss`` and ``text_mixture_loss``), and logs
+    ``lambda`` and the temperatures. At test time it is the plain dual encoder: ``encode_images`` and
     ``encode_texts`` give L2-normalised ``[B, embed_dim]`` vectors.
     """
 
@@ -191,15 +234,15 @@ class RVLR(TowerEncoders, Method):
     # -- preparation ---------------------------------------------------------------------
     @classmethod
     def stages(cls, config: Any, run_dir: Any) -> list[Stage]:
-        """Without a named teacher, the stage-1 ``vse`` run is trained into ``<run_dir>/teacher``."""
-        if config.model.teacher:  # a run folder, or "features"
+        """With ``model.teacher: base``, the stage-1 ``vse`` run is trained into ``<run_dir>/teacher``."""
+        if config.model.teacher != BASE_TEACHER:  # "features", or a run folder
             return []
         return [Stage("teacher", base_config(config), Path(run_dir) / "teacher")]
 
     @classmethod
     def prepare(cls, config: Any, run_dir: Any) -> Any:
-        """Resolve the teacher: train the base run first when none is named, then compute (or
-        reuse) its cached embeddings over the training split and record where they are."""
+        """Resolve a run teacher (``base``: the stage-1 run; or a named run): compute (or reuse)
+        its cached embeddings over the training split and record where they are."""
         from featvlr.checkpoint import resolve_checkpoint
         from featvlr.teachers import ensure_teacher_cache, teacher_cache_path, teacher_dim
 
@@ -207,7 +250,7 @@ class RVLR(TowerEncoders, Method):
         _check_options(model, config.loss)
         if model.teacher == "features":
             return config
-        teacher = model.teacher or str(Path(run_dir) / "teacher")
+        teacher = str(Path(run_dir) / "teacher") if model.teacher == BASE_TEACHER else model.teacher
         ckpt = resolve_checkpoint(teacher, model.teacher_checkpoint)
         if dist_utils.is_main():
             ensure_teacher_cache(ckpt, config.data.cache, config.data.train_split, device=config.train.device,
@@ -263,22 +306,25 @@ class RVLR(TowerEncoders, Method):
             state = dataclasses.replace(state, epoch=state.epoch + lo.warmup_epochs)
         out = {"contrastive_loss": lo.contrastive_weight * cross_modal_loss(self.criterion, lo, v_all, t_all, ids,
                                                                               state)}
-        summed = lo.reduction == "sum" or (lo.reduction == "auto" and not isinstance(self.criterion, SoftIdInfoNCE))
-        scale = float(v_all.shape[0]) if summed else 1.0
+        scale = distill_scale(lo, v_all.shape[0], hinge=not isinstance(self.criterion, SoftIdInfoNCE))
         if lo.image_distill_weight:
             target = F.normalize(self.teacher_image_proj(teacher_image), dim=-1)
             out["image_distill_loss"] = scale * lo.image_distill_weight * self.representation(v_all, target, ids)
         if lo.text_distill_weight:
             target = F.normalize(self.teacher_text_proj(teacher_text), dim=-1)
             out["text_distill_loss"] = scale * lo.text_distill_weight * self.representation(t_all, target, ids)
-        if lo.structure_weight or lo.image_mixture_weight or lo.text_mixture_weight:
+        if lo.structure_weight or lo.mixture == "log" or lo.image_mixture_weight or lo.text_mixture_weight:
             s = self.structure(self.students(v_all, t_all), teacher_text, teacher_image)
             if lo.structure_weight:
                 out["structure_loss"] = scale * lo.structure_weight * s["kd"]
-            if lo.image_mixture_weight:
-                out["image_mixture_loss"] = scale * lo.image_mixture_weight * s["kdi"]
-            if lo.text_mixture_weight:
-                out["text_mixture_loss"] = scale * lo.text_mixture_weight * s["kdt"]
+            if lo.mixture == "train":
+                if lo.image_mixture_weight:
+                    out["image_mixture_loss"] = scale * lo.image_mixture_weight * s["kdi"]
+                if lo.text_mixture_weight:
+                    out["text_mixture_loss"] = scale * lo.text_mixture_weight * s["kdt"]
+            else:  # diagnostics: how far the mixture sits from each teacher, never summed
+                out["image_mixture"] = s["kdi"].detach()
+                out["text_mixture"] = s["kdt"].detach()
         out["lambda"] = self.structure.lam.detach()
         out["structure_temperature"] = self.structure.tau.detach()
         out["distill_temperature"] = self.representation.tau.detach()
