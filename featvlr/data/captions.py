@@ -3,12 +3,14 @@
 Item ``b`` of epoch ``e`` is the ``b``-th slice of a permutation seeded by ``(seed, e)``;
 its VSE-infinity region dropout draws are seeded by ``(seed, e, b)`` for the whole global
 batch and sliced per rank, so the same seed gives the same batches whatever the number of
-ranks, and a resumed run sees the batches an uninterrupted one would.
+ranks, and a resumed run sees the batches an uninterrupted one would. Token augmentation
+(``token_dropout``, ``token_replace``; off by default) draws from its own stream seeded by
+``(seed, e, b, 1)`` the same way.
 
 A batch is built in three steps, so that feature bytes are touched once:
 
 1. :meth:`CaptionBatches.plan` (host, a few kB): the rows, the dropout draws, the order of
-   the kept regions and the token positions;
+   the kept regions and the token positions (token augmentation edits them here);
 2. :meth:`CaptionBatches.gather` (where the rows live: GPU, RAM or a memory map): one
    ``index_select`` per dataset, in the storage dtype (float16 stays float16), with region
    dropout and reordering folded into the region index;
@@ -79,6 +81,40 @@ def region_plan(images: np.ndarray, lengths: np.ndarray, n_regions: int, *, drop
     return index, valid[:, :rmax]
 
 
+def augment_tokens(src: np.ndarray, mask: np.ndarray, *, dropout: float = 0.0, replace: float = 0.0,
+                   drop_u: np.ndarray | None = None, replace_u: np.ndarray | None = None,
+                   replace_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature-level text augmentation of one batch's token plan (the analogue, on frozen token
+    features, of VSE-infinity / HREM deleting and replacing words).
+
+    ``src`` / ``mask [B, L]`` are :func:`token_positions`' rows and mask; the draws are
+    ``[B, >= L]``. A valid token is replaced by the token row ``replace_rows`` (drawn from the
+    split's whole token table, so another caption's token) when its ``replace_u`` draw is below
+    ``replace``, then dropped when its ``drop_u`` draw is below ``dropout`` (at least one token
+    of a caption is kept); the kept tokens move to the front in their order. Returns the new
+    ``src``, ``dest`` and mask, as :func:`token_positions`.
+    """
+    b, lmax = mask.shape
+    rows = np.zeros((b, lmax), dtype=np.int64)
+    rows[mask] = src
+    if replace > 0 and replace_u is not None and replace_rows is not None:
+        swap = (replace_u[:, :lmax] < replace) & mask
+        rows[swap] = replace_rows[:, :lmax][swap]
+    keep = mask
+    if dropout > 0 and drop_u is not None:
+        keep = (drop_u[:, :lmax] >= dropout) & mask
+        empty = ~keep.any(1)
+        keep[empty, 0] = mask[empty, 0]
+        order = np.argsort(~keep, axis=1, kind="stable")
+        keep = np.take_along_axis(keep, order, axis=1)
+        rows = np.take_along_axis(rows, order, axis=1)
+        width = max(int(keep.sum(1).max(initial=0)), 1)
+        keep, rows = keep[:, :width], rows[:, :width]
+    width = keep.shape[1]
+    dest = (np.arange(b, dtype=np.int64)[:, None] * width + np.arange(width, dtype=np.int64)[None, :])[keep]
+    return rows[keep], dest, np.ascontiguousarray(keep)
+
+
 class CaptionBatches(SeededBatches):
     """Epoch of training batches over the captions of a split (one item = one batch).
 
@@ -88,6 +124,8 @@ class CaptionBatches(SeededBatches):
         seed: base seed of the permutation and of region dropout.
         region_dropout: VSE-infinity region dropout probability.
         max_tokens: truncate captions to this many tokens (0 keeps all).
+        token_dropout, token_replace: token augmentation probabilities (:func:`augment_tokens`;
+            0 leaves the batches exactly as without them).
         rank, world_size: this process's share of every global batch under DDP.
         max_batches: cap on batches per epoch (0: all).
         placement: where the rows are read from (:mod:`featvlr.data.rows`): ``device``,
@@ -98,16 +136,21 @@ class CaptionBatches(SeededBatches):
 
     def __init__(self, split, *, batch_size: int, seed: int = 0, region_dropout: float = 0.0,
                  max_tokens: int = 0, rank: int = 0, world_size: int = 1, max_batches: int = 0,
-                 placement: str | None = None, device: torch.device | str = "cpu"):
+                 placement: str | None = None, device: torch.device | str = "cpu",
+                 token_dropout: float = 0.0, token_replace: float = 0.0):
         self.split = split
         self.region_dropout = region_dropout
         self.max_tokens = max_tokens
+        self.token_dropout, self.token_replace = token_dropout, token_replace
         self.image_index = split.image_index()
         self.has_global = split.has(f"images/{split.name}/global")
         self.has_tokens = split.has_tokens
         self.n_regions = split.n_regions
         self.region_lengths = split.region_lengths(np.arange(split.n_images))
         self.offsets = split.offsets() if self.has_tokens else None
+        if self.offsets is not None and (token_dropout > 0 or token_replace > 0):
+            longest = int(np.diff(self.offsets).max(initial=0))
+            self.longest_caption = max(min(longest, max_tokens) if max_tokens else longest, 1)
         self.placement = placement or ("memory" if getattr(split, "_memory", None) else "disk")
         self.device = torch.device(device)
         self._tables: dict[str, RowTable] | None = None
@@ -155,10 +198,24 @@ class CaptionBatches(SeededBatches):
                                                 dropout=self.region_dropout, uniform=uniform)
         if self.has_tokens:
             src, dest, tmask = token_positions(self.offsets, captions, self.max_tokens)
+            if self.token_dropout > 0 or self.token_replace > 0:
+                src, dest, tmask = self._augment(b, src, tmask)
         else:
             src = dest = np.zeros(0, dtype=np.int64)
             tmask = np.zeros((len(captions), 0), dtype=bool)
         return CaptionPlan(captions, images, region_index, region_mask, src, dest, tmask)
+
+    def _augment(self, b: int, src: np.ndarray, tmask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token augmentation of batch ``b``: draws for the whole global batch from their own
+        stream, sliced to this rank (the same tokens change whatever the ranks)."""
+        rng = np.random.default_rng([self.seed, self.epoch, b, 1])
+        shape = (self.batch_size, self.longest_caption)
+        drop_u, replace_u = rng.random(shape), rng.random(shape)
+        replace_rows = rng.integers(0, int(self.offsets[-1]), size=shape)
+        share = self.batch_size // self.world_size
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        return augment_tokens(src, tmask, dropout=self.token_dropout, replace=self.token_replace,
+                              drop_u=drop_u[mine], replace_u=replace_u[mine], replace_rows=replace_rows[mine])
 
     def gather(self, plan: CaptionPlan, pool: PoolSlot | None = None) -> dict[str, object]:
         """The plan's rows in their storage dtype, where the tables live (``pool``: into its

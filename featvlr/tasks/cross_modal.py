@@ -20,6 +20,7 @@ class CrossModalTask(Task):
             return CaptionBatches(split, batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
                                   world_size=world, max_batches=cfg.train.max_steps_per_epoch,
                                   region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens,
+                                  token_dropout=cfg.data.token_dropout, token_replace=cfg.data.token_replace,
                                   placement=placement, device=device)
         except ValueError as exc:
             raise InputError(split.store.path, str(exc)) from None
