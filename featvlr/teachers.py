@@ -4,17 +4,18 @@ Considering Structure-Aware Distillation", IEEE TIP 2024).
 Two kinds of teacher, both constants during training:
 
 - **features** (RVLR's default, the paper's modality-specific teachers): the cached
-  uni-modal features themselves, read from the batch:
-  the pooled sentence embedding ``pooled_text`` for texts, and the mean of the valid regions
-  (or the ``global_image`` vector) for images (:func:`features_teacher`).
+  uni-modal features themselves, read from the batch: the pooled sentence embedding
+  ``pooled_text`` for texts, and the mean of the valid regions (or the ``global_image``
+  vector) for images (:func:`features_teacher`).
 - **run**: the embeddings of an earlier featvlr run (RVLR's ``model.teacher: base`` trains
-  a ``vse`` run first and uses it: a joint cross-modal space, not uni-modal teachers). They are computed once over the training
-  split with :func:`featvlr.checkpoint.load_method` and cached beside the feature cache, in
-  ``<cache>.teachers/<run>-<ckpt>-<split>-<hash>.h5`` (the hash covers the checkpoint file,
-  its size and modification time, the feature cache and the split, so retraining the teacher
-  or rebuilding the cache gives a new file). The file is written to a temporary name and
-  renamed, so a crash never leaves a half-written teacher. A :class:`TeacherTable` holds the
-  rows in memory and looks them up per batch by ``image_ids`` / ``text_ids``.
+  a ``vse`` run first and uses it: a joint cross-modal space, not uni-modal teachers). They
+  are computed once over the training split with :func:`featvlr.checkpoint.load_method` and
+  cached beside the feature cache, in ``<cache>.teachers/<run>-<ckpt>-<split>-<hash>.h5``
+  (the hash covers the checkpoint file, its size and modification time, the feature cache
+  and the split, so retraining the teacher or rebuilding the cache gives a new file). The
+  file is written to a temporary name and renamed, so a crash never leaves a half-written
+  teacher. A :class:`TeacherTable` holds the rows in memory and looks them up per batch by
+  ``image_ids`` / ``text_ids``.
 
 Example::
 
