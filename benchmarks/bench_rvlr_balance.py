@@ -21,7 +21,15 @@ terms were put in its units (``auto``); with InfoNCE ``auto`` is ``mean``, the p
     python benchmarks/bench_rvlr_balance.py [--cache features/demo.h5] [--batch 128]
         [--reductions sum auto] [--batches 4] [--steps 0]
 
-The demo cache is written by ``featvlr demo --data-only``.
+The demo cache is written by ``featvlr demo --data-only``. Measured on it (B = 128, 3
+batches, after 150 training steps; distillation / base for image KD, text KD, structure)::
+
+    infonce  auto (= mean, the paper's)    0.24  0.20  1.81
+    hinge    auto (x 2 * B * tau)          0.16  0.20  2.08
+    hinge    sum  (x B, the old default)   0.78  0.80  7.09
+
+At initialisation (0 steps) the hinge's ``sum`` gives 0.77 / 3.58 / 21.7 and ``auto`` 0.11 /
+0.50 / 3.04.
 """
 from __future__ import annotations
 
