@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from featvlr.losses.infonce import ClampedTemperature, soft_cross_entropy, soft_id_targets
