@@ -1,6 +1,8 @@
 """HREM: relation module, distance-weighted triplet sampling, warm-up, KL gradient, DDP equivalence."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -298,6 +300,9 @@ def _ddp_worker(rank: int, world: int, init: str, out_dir: str) -> None:
         dist.barrier()  # both ranks done with every collective before either tears down
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: with a gloo group used by differentiable
+    # all-reduces, C++ static destruction at exit sometimes aborts a finished worker.
+    os._exit(0)
 
 
 def test_ddp_two_ranks_equal_one_process(tmp_path):
