@@ -113,6 +113,7 @@ class RowTable:
         self.h5 = h5
         self.rows_per_item = rows_per_item
         self.device = tensor.device if tensor is not None else torch.device("cpu")
+        self.torch_dtype = torch.from_numpy(np.zeros(0, dtype=self.dtype)).dtype
         self._bytes = None
         if byte_rows is not None:
             mm, item_offsets = byte_rows
@@ -122,10 +123,6 @@ class RowTable:
             # every byte of the file as the start of a row: one fancy index gathers a batch
             self._bytes = np.ndarray(shape=(mm.size - row_bytes + 1,), dtype=np.dtype((np.void, row_bytes)),
                                      buffer=mm, strides=(1,))
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return torch.from_numpy(np.zeros(0, dtype=self.dtype)).dtype
 
     def take(self, index: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``index`` (int64, any order, repeats allowed) as ``[len(index), *row_shape]``;

@@ -16,7 +16,18 @@ class Task:
     def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int, placement: str | None = None,
                       device: Any = "cpu") -> Any:
         """The epoch-seeded dataset of training batches (:class:`featvlr.data.SeededBatches`);
-        ``placement`` and ``device`` say where its rows live (:mod:`featvlr.data.rows`)."""
+        ``placement`` and ``device`` say where its rows live (:mod:`featvlr.data.rows`). A split
+        too small for one batch is an :class:`InputError` naming the cache."""
+        common = dict(batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank, world_size=world,
+                      max_batches=cfg.train.max_steps_per_epoch)
+        try:
+            return self.batches(split, cfg, placement=placement, device=device, **common)
+        except ValueError as exc:
+            raise InputError(split.store.path, str(exc)) from None
+
+    def batches(self, split: Any, cfg: Any, *, placement: str | None, device: Any, **common: Any) -> Any:
+        """The task's batches class over ``split``; ``common`` holds the batch size, seed,
+        rank share and step cap every task takes."""
         raise NotImplementedError
 
     # -- splits ------------------------------------------------------------------------------

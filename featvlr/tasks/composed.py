@@ -6,22 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from featvlr.errors import InputError
 from featvlr.tasks.base import Task, register_task
 
 
 class ComposedTask(Task):
     name = "composed"
 
-    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int, placement: str | None = None,
-                      device: Any = "cpu") -> Any:
+    def batches(self, split: Any, cfg: Any, *, placement: str | None, device: Any, **common: Any) -> Any:
         from featvlr.data.composed import ComposedBatches
 
-        try:
-            return ComposedBatches(split, batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
-                                   world_size=world, max_batches=cfg.train.max_steps_per_epoch)
-        except ValueError as exc:
-            raise InputError(split.store.path, str(exc)) from None
+        return ComposedBatches(split, **common)  # global vectors: small, read into RAM
 
     def has_split(self, store: Any, name: str) -> bool:
         names = store.splits()

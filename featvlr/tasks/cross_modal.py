@@ -5,25 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from featvlr.errors import InputError
 from featvlr.tasks.base import Task, register_task
 
 
 class CrossModalTask(Task):
     name = "cross_modal"
 
-    def build_batches(self, cfg: Any, split: Any, *, rank: int, world: int, placement: str | None = None,
-                      device: Any = "cpu") -> Any:
+    def batches(self, split: Any, cfg: Any, *, placement: str | None, device: Any, **common: Any) -> Any:
         from featvlr.data import CaptionBatches
 
-        try:
-            return CaptionBatches(split, batch_size=cfg.train.batch_size, seed=cfg.train.seed, rank=rank,
-                                  world_size=world, max_batches=cfg.train.max_steps_per_epoch,
-                                  region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens,
-                                  token_dropout=cfg.data.token_dropout, token_replace=cfg.data.token_replace,
-                                  placement=placement, device=device)
-        except ValueError as exc:
-            raise InputError(split.store.path, str(exc)) from None
+        return CaptionBatches(split, region_dropout=cfg.data.region_dropout, max_tokens=cfg.data.max_tokens,
+                              token_dropout=cfg.data.token_dropout, token_replace=cfg.data.token_replace,
+                              placement=placement, device=device, **common)
 
     def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
                  final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
