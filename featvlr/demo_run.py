@@ -34,9 +34,12 @@ def find_config(name: str) -> Path:
 
 
 def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, progress: bool = True,
-                      data_dir: str | Path | None = None, say=None) -> dict[str, Path]:
+                      data_dir: str | Path | None = None, say=None,
+                      params: dict[str, Any] | None = None) -> dict[str, Path]:
     """Generate the demo dataset (if missing) and extract its caches (if missing).
 
+    ``params`` are further generator parameters (sizes, ``visual_noise``; see
+    :data:`featvlr.demo.DEMO_DEFAULTS`) for a differently configured synthetic dataset.
     ``say`` (e.g. ``print``) is told each stage as it starts. Returns the paths of ``data``,
     ``cache`` (cross-modal) and ``composed_cache``.
     """
@@ -49,7 +52,7 @@ def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, prog
     data = Path(data_dir) if data_dir is not None else cache_dir / "demo_data"
     if not demo_is_complete(data):
         say(f"generating the demo dataset in {data}")
-        make_demo_dataset(data, seed=seed, overwrite=data.exists())
+        make_demo_dataset(data, seed=seed, overwrite=data.exists(), **(params or {}))
     cache = cache_dir / DEMO_CACHE
     if not cache.exists():
         say(f"extracting {cache} (captions through the bundled all-MiniLM-L6-v2)")

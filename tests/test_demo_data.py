@@ -69,6 +69,19 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
         assert a[name] != c[name], name
 
 
+def test_visual_noise_scales_only_the_region_noise(tmp_path):
+    """``visual_noise`` changes the region features (more spread at a larger scale) and nothing else."""
+    a = make_demo_dataset(tmp_path / "a", seed=2, **TINY)
+    b = make_demo_dataset(tmp_path / "b", seed=2, visual_noise=2.0, **TINY)
+    fa, fb = files_of(a), files_of(b)
+    changed = {name for name in fa if fa[name] != fb[name]}
+    assert {"train_ims.npy", "dev_ims.npy", "test_ims.npy"} <= changed
+    assert changed <= {"train_ims.npy", "dev_ims.npy", "test_ims.npy", "demo_meta.json"}
+    ims_a, ims_b = np.load(a / "train_ims.npy"), np.load(b / "train_ims.npy")
+    assert float(ims_b.std()) > float(ims_a.std())
+    assert json.loads((b / "demo_meta.json").read_text())["params"]["visual_noise"] == 2.0
+
+
 def test_splits_do_not_depend_on_other_sizes(tmp_path):
     """The world and each split have their own random stream: a bigger train set leaves test as it was."""
     a = make_demo_dataset(tmp_path / "a", seed=1, **TINY)
@@ -320,7 +333,7 @@ def test_failure_leaves_no_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [{"n_train": 0}, {"n_regions": 1}, {"region_dim": 4}, {"seed": -1},
-                                 {"n_aug": -1}, {"cirr_pairs_per_set": {"train": 11, "val": 3, "test1": 3}}])
+                                 {"n_aug": -1}, {"visual_noise": -0.5}, {"visual_noise": "high"}, {"cirr_pairs_per_set": {"train": 11, "val": 3, "test1": 3}}])
 def test_bad_parameters(tmp_path, bad):
     with pytest.raises(ConfigError):
         make_demo_dataset(tmp_path / "d", **{**TINY, **bad})

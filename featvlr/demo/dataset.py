@@ -30,6 +30,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "n_test": 200,
     "n_regions": 12,
     "region_dim": 256,
+    "visual_noise": 1.0,  # multiplies every noise term of the region features
     # composed split (CIRR layout)
     "composed": True,
     "n_cirr_train": 2000,  # triplets
@@ -54,6 +55,9 @@ def _check_params(p: dict) -> None:
             raise ConfigError(f"demo: {key} must be an integer >= 8, got {p[key]!r}")
     if not isinstance(p["n_aug"], (int, np.integer)) or p["n_aug"] < 0:
         raise ConfigError(f"demo: n_aug must be a non-negative integer, got {p['n_aug']!r}")
+    if isinstance(p["visual_noise"], bool) or not isinstance(p["visual_noise"], (int, float, np.floating)) \
+            or not 0 <= p["visual_noise"] <= 10:
+        raise ConfigError(f"demo: visual_noise must be a number in [0, 10], got {p['visual_noise']!r}")
     if not isinstance(p["seed"], (int, np.integer)) or p["seed"] < 0:
         raise ConfigError(f"demo: seed must be a non-negative integer, got {p['seed']!r}")
     pps = p["cirr_pairs_per_set"]
@@ -65,7 +69,8 @@ def _check_params(p: dict) -> None:
 def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = DEMO_DEFAULTS["seed"],
                       n_train: int = DEMO_DEFAULTS["n_train"], n_dev: int = DEMO_DEFAULTS["n_dev"],
                       n_test: int = DEMO_DEFAULTS["n_test"], n_regions: int = DEMO_DEFAULTS["n_regions"],
-                      region_dim: int = DEMO_DEFAULTS["region_dim"], composed: bool = DEMO_DEFAULTS["composed"],
+                      region_dim: int = DEMO_DEFAULTS["region_dim"],
+                      visual_noise: float = DEMO_DEFAULTS["visual_noise"], composed: bool = DEMO_DEFAULTS["composed"],
                       n_cirr_train: int = DEMO_DEFAULTS["n_cirr_train"],
                       n_cirr_val: int = DEMO_DEFAULTS["n_cirr_val"],
                       n_cirr_test: int = DEMO_DEFAULTS["n_cirr_test"],
@@ -82,7 +87,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = DEMO_DEFAULTS["
     out = Path(out_dir)
     params = {
         "seed": seed, "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "n_regions": n_regions,
-        "region_dim": region_dim, "composed": bool(composed), "n_cirr_train": n_cirr_train,
+        "region_dim": region_dim, "visual_noise": visual_noise, "composed": bool(composed), "n_cirr_train": n_cirr_train,
         "n_cirr_val": n_cirr_val, "n_cirr_test": n_cirr_test,
         "cirr_pairs_per_set": dict(cirr_pairs_per_set if cirr_pairs_per_set is not None
                                    else DEMO_DEFAULTS["cirr_pairs_per_set"]),

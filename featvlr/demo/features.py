@@ -89,8 +89,13 @@ def _object_latent(w: World, sc: dict, i: int, colour: float, size: float, role:
     return z
 
 
-def region_features(rng: np.random.Generator, w: World, scenes: list[dict], n_regions: int) -> tuple[np.ndarray, list]:
-    """Region features ``[N, R, D]`` and, per image, the object index of each region (-1: clutter)."""
+def region_features(rng: np.random.Generator, w: World, scenes: list[dict], n_regions: int,
+                    noise_scale: float = 1.0) -> tuple[np.ndarray, list]:
+    """Region features ``[N, R, D]`` and, per image, the object index of each region (-1: clutter).
+
+    ``noise_scale`` multiplies every noise term of the visual side (object, part and clutter
+    latent noise, observation noise); 1.0 is the demo's.
+    """
     L = _LATENT_DIM
     N = len(scenes)
     noise = rng.standard_normal((N, n_regions, L)) / math.sqrt(L)
@@ -103,11 +108,11 @@ def region_features(rng: np.random.Generator, w: World, scenes: list[dict], n_re
             if rng.random() >= _V["p_detect"][obj["size"]] or len(slots) >= n_regions:
                 continue
             z = _object_latent(w, sc, i, _V["colour"], _V["size"], _V["role"]) + _V["scene_obj"] * sv
-            slots.append((i, z + _V["noise"] * noise[n, len(slots)]))
+            slots.append((i, z + _V["noise"] * noise_scale * noise[n, len(slots)]))
             if rng.random() < _V["p_part"] and len(slots) < n_regions:
-                slots.append((i, _V["part_scale"] * z + _V["part_noise"] * noise[n, len(slots)]))
+                slots.append((i, _V["part_scale"] * z + _V["part_noise"] * noise_scale * noise[n, len(slots)]))
         while len(slots) < n_regions:
-            z = _V["clutter_scene"] * sv + _V["clutter_noise"] * noise[n, len(slots)]
+            z = _V["clutter_scene"] * sv + _V["clutter_noise"] * noise_scale * noise[n, len(slots)]
             if rng.random() < _V["spurious_p"]:
                 z = z + _V["spurious_scale"] * w.category[int(rng.integers(len(CATEGORIES)))]
             slots.append((-1, z))
@@ -118,7 +123,7 @@ def region_features(rng: np.random.Generator, w: World, scenes: list[dict], n_re
     X *= _V["gain"]
     X += w.b_region
     np.tanh(X, out=X)
-    X += _V["obs_noise"] * rng.standard_normal(X.shape)
+    X += _V["obs_noise"] * noise_scale * rng.standard_normal(X.shape)
     return X.reshape(N, n_regions, -1).astype(np.float32), owners
 
 

@@ -68,7 +68,7 @@ def generate(root: Path, p: dict) -> dict:
         scene_rng, text_rng, vis_rng = (np.random.default_rng(s) for s in split_ss.spawn(3))
         scenes = [sample_scene(scene_rng) for _ in range(n)]
         caps = [c for sc in scenes for c in captions(text_rng, sc)]
-        ims, owners = region_features(vis_rng, w, scenes, int(p["n_regions"]))
+        ims, owners = region_features(vis_rng, w, scenes, int(p["n_regions"]), float(p["visual_noise"]))
         ids = list(range(next_id, next_id + n))
         next_id += n
         np.save(root / f"{split}_ims.npy", ims)
