@@ -12,12 +12,21 @@ finished runs), then prints, per method, the mean and standard deviation over se
 
     python benchmarks/compare_mlcl_demo.py [--cache features/demo_composed.h5]
         [--runs runs/compare_mlcl] [--seeds 0 1 2] [--reuse] [--set train.epochs=60 ...]
+        [--methods combiner mlcl] [--tag _lr2x] [--drop mid] [--levels] [--json FILE]
+
+``--tag`` suffixes the run folders (``<method><tag>_s<seed>``) so that sweeps with ``--set``
+keep their runs apart. ``--drop NAME`` (repeatable; ``high``, ``mid``, ``low``,
+``sscl_mid``, ``sscl_high``) removes that term ``NAME_loss`` from MLCL's training loss (an
+ablation made here, the method is unchanged). ``--levels`` also scores, for every MLCL
+run, best.pt's inference query built from a subset of its levels (see :data:`LEVEL_QUERIES`).
+``--json`` writes every run's numbers.
 
 The demo data folder defaults to ``<cache folder>/demo_data`` (where the trainer builds it).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 from pathlib import Path
@@ -26,13 +35,17 @@ from featvlr.config import load_config
 
 KEYS = ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3")
 METHODS = ("combiner", "mlcl")
+LOSS_TERMS = ("high", "mid", "low", "sscl_mid", "sscl_high")
+# Inference queries from MLCL's levels: name -> weights of (high, mid, low); "w" and "2-w" are the
+# learned branch weight and its complement (the "matched" weighting, the default query).
+LEVEL_QUERIES = {
+    "all (matched)": ("w", "2-w", 1), "high": (1, 0, 0), "mid": (0, 1, 0), "low": (0, 0, 1),
+    "high+mid": ("w", "2-w", 0), "high+low": ("w", 0, 1), "mid+low": (0, "2-w", 1),
+}
 
 
-def score_submission(recall_file: Path, subset_file: Path, truth_file: Path) -> dict[str, float]:
-    """CIRR server metrics of two submission files against ``[{pairid, target}, ...]``."""
-    recall = json.loads(recall_file.read_text(encoding="utf-8"))
-    subset = json.loads(subset_file.read_text(encoding="utf-8"))
-    truth = {str(t["pairid"]): t["target"] for t in json.loads(truth_file.read_text(encoding="utf-8"))}
+def score_lists(recall: dict, subset: dict, truth: dict[str, str]) -> dict[str, float]:
+    """CIRR server metrics of the two submission dicts against ``{pairid: target name}``."""
     out: dict[str, float] = {}
     for k in (1, 5, 10, 50):
         out[f"R@{k}"] = 100.0 * statistics.fmean(truth[p] in recall[p][:k] for p in truth)
@@ -41,23 +54,107 @@ def score_submission(recall_file: Path, subset_file: Path, truth_file: Path) -> 
     return out
 
 
-def run(method: str, seed: int, cache: Path, runs: Path, overrides: list[str], reuse: bool) -> Path:
+def read_truth(truth_file: Path) -> dict[str, str]:
+    return {str(t["pairid"]): t["target"] for t in json.loads(truth_file.read_text(encoding="utf-8"))}
+
+
+def score_submission(recall_file: Path, subset_file: Path, truth_file: Path) -> dict[str, float]:
+    """CIRR server metrics of two submission files against ``[{pairid, target}, ...]``."""
+    return score_lists(json.loads(recall_file.read_text(encoding="utf-8")),
+                       json.loads(subset_file.read_text(encoding="utf-8")), read_truth(truth_file))
+
+
+@contextlib.contextmanager
+def dropped_terms(names: list[str]):
+    """MLCL's loss without the terms ``<name>_loss`` for ``name`` in ``names`` (an ablation)."""
+    from featvlr.losses.mlcl import MultiLevelContrastiveLoss
+
+    unknown = sorted(set(names) - set(LOSS_TERMS))
+    if unknown:
+        raise SystemExit(f"--drop: unknown term(s) {unknown} (one of {', '.join(LOSS_TERMS)})")
+    original = MultiLevelContrastiveLoss.forward
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        for name in names:
+            out.pop(f"{name}_loss", None)
+        return out
+
+    MultiLevelContrastiveLoss.forward = forward if names else original
+    try:
+        yield
+    finally:
+        MultiLevelContrastiveLoss.forward = original
+
+
+def run(method: str, seed: int, cache: Path, runs: Path, overrides: list[str], reuse: bool, tag: str = "",
+        drop: list[str] | None = None) -> Path:
     from featvlr.train import train
 
-    run_dir = runs / f"{method}_s{seed}"
+    run_dir = runs / f"{method}{tag}_s{seed}"
     if reuse and (run_dir / "eval" / "test1.json").exists():
         return run_dir
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"demo_{method}.yaml",
                       [f"data.cache={cache}", f"train.seed={seed}", "train.progress=false", *overrides])
-    train(cfg, run_dir)
+    with dropped_terms(drop if method == "mlcl" else []):
+        train(cfg, run_dir)
     return run_dir
 
 
 def best_val(run_dir: Path) -> dict[str, float]:
+    """best.pt's val metrics, its epoch (``epoch``) and the number of epochs run (``epochs``)."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r.get("event") == "epoch" and "val/composed/arithmetic_mean" in r]
     best = max(epochs, key=lambda r: r["val/composed/arithmetic_mean"])  # first of equals, as the trainer
-    return {k: best[f"val/composed/{k}"] for k in KEYS}
+    return {**{k: best[f"val/composed/{k}"] for k in KEYS}, "epoch": best["epoch"], "epochs": epochs[-1]["epoch"]}
+
+
+def level_scores(run_dir: Path, cache: Path, truth: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{query name: {"val": metrics, "test1": metrics}}`` of best.pt's level queries (:data:`LEVEL_QUERIES`)."""
+    import torch
+
+    from featvlr.checkpoint import load_method
+    from featvlr.data.composed import iter_query_batches
+    from featvlr.evaluation.composed import cirr_submission, evaluate_composed
+    from featvlr.evaluation.embed import embed_composed_split
+    from featvlr.modules.combiner import unit
+    from featvlr.store import FeatureStore
+
+    method, _ = load_method(run_dir, which="best")
+    store = FeatureStore(cache)
+    w = float(method.combiner.branch_weight().detach())
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in LEVEL_QUERIES}
+    for split_name in ("val", "test1"):
+        split = store.split(split_name)
+        with torch.no_grad():
+            _, gallery = embed_composed_split(method, split)
+            levels = [method.combiner.levels(*method.inputs(b)) for b in iter_query_batches(split, 512)]
+            high, mid, low = (torch.cat([getattr(lv, k) for lv in levels]) for k in ("high", "mid", "low"))
+        for name, weights in LEVEL_QUERIES.items():
+            a = [w if x == "w" else 2 - w if x == "2-w" else float(x) for x in weights]
+            q = unit(a[0] * high + a[1] * mid + a[2] * low)
+            comp = split.composed()
+            if split_name == "val":
+                res = evaluate_composed(q, gallery, comp, protocol="cirr")
+                out[name]["val"] = {k: res[f"composed/{k}"] for k in KEYS}
+            else:
+                recall, subset = cirr_submission(q, gallery, comp, split.image_ids())
+                out[name]["test1"] = score_lists(recall, subset, truth)
+    return out
+
+
+def mean_std(rows: list[dict[str, float]], key: str) -> str:
+    vals = [r[key] for r in rows]
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):6.1f} ± {sd:3.1f}"
+
+
+def print_table(table: dict[str, dict[str, list[dict[str, float]]]], label: str = "method") -> None:
+    print(f"{label:<18} {'split':<6} " + " ".join(f"{k:>12}" for k in KEYS))
+    for name, res in table.items():
+        for split, rows in res.items():
+            if rows:
+                print(f"{name:<18} {split:<6} " + " ".join(f"{mean_std(rows, k):>12}" for k in KEYS))
 
 
 def main() -> None:
@@ -66,30 +163,50 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="demo data folder (default: <cache folder>/demo_data)")
     ap.add_argument("--runs", default="runs/compare_mlcl")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--tag", default="", help="suffix of the run folders")
     ap.add_argument("--reuse", action="store_true", help="skip runs whose eval/test1.json exists")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
+    ap.add_argument("--drop", action="append", default=[], help="MLCL loss term to leave out (repeatable)")
+    ap.add_argument("--levels", action="store_true", help="also score MLCL's level queries")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write every run's numbers here")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     cache, runs = Path(args.cache), Path(args.runs)
-    truth = Path(args.data or cache.parent / "demo_data") / "truth" / "cirr_test1_edits.json"
+    truth_file = Path(args.data or cache.parent / "demo_data") / "truth" / "cirr_test1_edits.json"
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
-    for method in METHODS:
+    levels: dict[str, dict[str, list[dict[str, float]]]] = {}
+    record: dict[str, dict] = {}
+    for method in args.methods:
         for seed in args.seeds:
-            run_dir = run(method, seed, cache, runs, args.overrides, args.reuse)
+            run_dir = run(method, seed, cache, runs, args.overrides, args.reuse, args.tag, args.drop)
             sub = run_dir / "eval" / "submission"
-            res = table.setdefault(method, {"val": [], "test1": []})
+            res = table.setdefault(method + args.tag, {"val": [], "test1": []})
             res["val"].append(best_val(run_dir))
             res["test1"].append(score_submission(sub / "recall_submission_test1.json",
-                                                 sub / "recall_subset_submission_test1.json", truth))
-    print(f"seeds {args.seeds}; mean ± std over seeds")
-    print(f"{'method':<9} {'split':<6} " + " ".join(f"{k:>12}" for k in KEYS))
-    for method, res in table.items():
-        for split, rows in res.items():
-            cells = []
-            for k in KEYS:
-                vals = [r[k] for r in rows]
-                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.fmean(vals):6.1f} ± {sd:3.1f}")
-            print(f"{method:<9} {split:<6} " + " ".join(f"{c:>12}" for c in cells))
+                                                 sub / "recall_subset_submission_test1.json", truth_file))
+            record[run_dir.name] = {"val": res["val"][-1], "test1": res["test1"][-1]}
+            if args.levels and method == "mlcl":
+                per = level_scores(run_dir, cache, read_truth(truth_file))
+                record[run_dir.name]["levels"] = per
+                for name, splits in per.items():
+                    for split, metrics in splits.items():
+                        levels.setdefault(name, {"val": [], "test1": []})[split].append(metrics)
+    print(f"seeds {args.seeds}; mean ± std over seeds; overrides {args.overrides}; dropped {args.drop}")
+    print_table(table)
+    for name, res in table.items():
+        ep = [r["epoch"] for r in res["val"]]
+        print(f"{name}: best.pt at epochs {ep} of {res['val'][0]['epochs']}")
+    if levels:
+        print(f"\nMLCL{args.tag} best.pt, inference query from a subset of its levels")
+        print_table(levels, "query")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"overrides": args.overrides, "drop": args.drop, "tag": args.tag,
+                                               "runs": record}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
