@@ -66,3 +66,15 @@ def test_hrem_image_projection_is_xavier_with_zero_bias():
         assert torch.count_nonzero(layer.bias) == 0
     # vse keeps PyTorch's default init on the MLP (non-zero biases)
     assert torch.count_nonzero(_vse().encoders.image_proj.mlp_in.bias) > 0
+
+
+def test_hrem_image_init_default_is_vse_init():
+    """``model.image_init: default`` keeps vse's init: Xavier fc, PyTorch's default on the MLP."""
+    torch.manual_seed(0)
+    m = HREM(HREMModelOptions(embed_dim=16, fragment_heads=4, graph_heads=4, image_init="default"),
+             HREMLossOptions(), DIMS)
+    proj = m.encoders.image_proj
+    assert torch.count_nonzero(proj.fc.bias) == 0
+    assert torch.count_nonzero(proj.mlp_in.bias) > 0
+    fan_in = proj.mlp_in.weight.shape[1]
+    assert proj.mlp_in.weight.abs().max() <= 1.0 / math.sqrt(fan_in) + 1e-6  # kaiming_uniform(a=sqrt(5)) bound

@@ -109,6 +109,9 @@ class HREMModelOptions:
     graph_lr_factor: float = number(1.0, min=0)
     # Weight decay on every parameter, biases and norms included (the reference's AdamW).
     decay_all: bool = True
+    # Init of the image projection: "xavier" (the reference: every Linear, zero biases) or "default"
+    # (vse's: Xavier on fc, PyTorch's default on the MLP).
+    image_init: str = choice("xavier", "xavier", "default")
 
 
 @dataclass
@@ -276,7 +279,8 @@ class HREM(Method):
         self.encoders = VSEEncoders(VSEModelOptions(embed_dim=model.embed_dim, pooling="max2",
                                                     bn_over_padding=model.bn_over_padding,
                                                     text_head=model.text_head), dims)
-        xavier_init_linears(self.encoders.image_proj)
+        if model.image_init == "xavier":
+            xavier_init_linears(self.encoders.image_proj)
         self.image_pool = FragmentPool(model.embed_dim, num_heads=model.fragment_heads, dropout=model.dropout,
                                        residual_weight=model.residual_weight, num_layers=model.fragment_layers)
         self.text_pool = FragmentPool(model.embed_dim, num_heads=model.fragment_heads, dropout=model.dropout,
