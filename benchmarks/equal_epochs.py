@@ -43,20 +43,13 @@ COLUMNS = [("best_dev_rsum", "dev rsum"), ("rsum", "rsum"), ("i2t/R@1", "i2t R@1
            ("i2it/ndcg_exp@25", "i2it NDCG"), ("t2it/ndcg_exp@25", "t2it NDCG"), ("seconds", "train s")]
 
 
-def flat(d: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = float(v)
-    return out
-
-
 def test_metrics(run_dir: Path) -> dict[str, float]:
     """Test metrics of best.pt, and the best dev rsum over epochs (the value that chose it)."""
+    from featvlr.records import flatten_numbers
+
     rec = json.loads((run_dir / "eval" / "test.json").read_text(encoding="utf-8"))
-    out = flat(rec.get("metrics", rec))
+    out = {k: float(v) for k, v in flatten_numbers(rec.get("metrics", rec), sep="/").items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
     dev = [json.loads(line).get("dev/rsum") for line in
            (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines() if '"event": "epoch"' in line]
     dev = [v for v in dev if v is not None]
