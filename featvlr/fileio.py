@@ -26,6 +26,38 @@ def partial_name(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.{os.getpid()}.partial{path.suffix}")
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (:func:`partial_name`) in ``folder`` whose writer is gone.
+
+    A writer killed outright (SIGKILL, power loss) cannot remove its temporary file; the
+    next process that owns the folder calls this. Files of a live writer are kept. Returns
+    what was removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob("*.partial*"):
+        head = path.name.rsplit(".partial", 1)[0]
+        pid = head.rsplit(".", 1)[-1]
+        if path.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; rename it onto ``path`` when the block succeeds.

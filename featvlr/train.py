@@ -41,6 +41,7 @@ from featvlr import distributed as dist_utils
 from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from featvlr.config import Config, config_to_dict, save_config
 from featvlr.errors import ConfigError, FeatvlrError, InputError, Interrupted
+from featvlr.fileio import remove_stale_partials
 from featvlr.interrupts import Signalled, StopSignals, interrupted, signal_of
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.device import pick_device
@@ -226,6 +227,9 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> Tr
     if (run_dir / "ckpt" / "last.pt").exists() and not resume:
         raise InputError(run_dir, "the run folder has a checkpoint already; pass --resume to continue it or "
                          "choose another --out")
+    if is_main:  # temporary files of a run killed while writing (SIGKILL): nothing else removes them
+        for folder in (run_dir, run_dir / "ckpt", run_dir / "eval"):
+            remove_stale_partials(folder)
     for stage in method_cls.stages(cfg, run_dir):
         run_stage(stage)
     cfg = method_cls.prepare(cfg, run_dir)

@@ -381,6 +381,38 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(world, tmp_
     _no_partial(tmp_path)
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_partials_of_a_dead_writer_are_removed(tmp_path):
+    from featvlr.fileio import remove_stale_partials
+
+    stale = tmp_path / f"last.{_dead_pid()}.partial.pt"
+    live = tmp_path / f"best.{os.getpid()}.partial.pt"
+    foreign = tmp_path / "notes.partial.txt"  # not a featvlr temporary name: left alone
+    for p in (stale, live, foreign):
+        p.write_bytes(b"half")
+    assert remove_stale_partials(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def test_training_removes_a_killed_writers_checkpoint_leftover(world, tmp_path):
+    """A SIGKILL while ``last.pt`` is written leaves ``last.<pid>.partial.pt``; the next train in
+    that folder removes it."""
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    stale = run / "ckpt" / f"last.{_dead_pid()}.partial.pt"
+    stale.write_bytes(b"half a checkpoint")
+    done = subprocess.run([sys.executable, "-m", "featvlr.cli", *map(str, _train_args(world, run, 1))],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (run / "ckpt" / "last.pt").exists()
+    _no_partial(run)
+
+
 # -- DDP: a failure on one rank ends every rank with the error --------------------------------
 
 def _free_port() -> int:
