@@ -33,6 +33,17 @@ def find_config(name: str) -> Path:
     raise InputError(candidates[0], "shipped config not found (is featvlr installed from its checkout?)")
 
 
+def _check_same_generation(data: Path, wanted: dict[str, Any]) -> None:
+    """An existing demo folder is reused only when it was generated with the parameters asked for."""
+    from featvlr.demo import load_demo_meta
+
+    have = load_demo_meta(data).get("params", {})
+    differ = [f"{k}={have.get(k)!r} (asked {v!r})" for k, v in wanted.items() if have.get(k) != v]
+    if differ:
+        raise InputError(data, "holds a demo dataset generated with other parameters: " + ", ".join(differ)
+                         + "; choose another output folder (its caches were made from that dataset)")
+
+
 def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, progress: bool = True,
                       data_dir: str | Path | None = None, say=None,
                       params: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -53,6 +64,8 @@ def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, prog
     if not demo_is_complete(data):
         say(f"generating the demo dataset in {data}")
         make_demo_dataset(data, seed=seed, overwrite=data.exists(), **(params or {}))
+    else:
+        _check_same_generation(data, {"seed": seed, **(params or {})})
     cache = cache_dir / DEMO_CACHE
     if not cache.exists():
         say(f"extracting {cache} (captions through the bundled all-MiniLM-L6-v2)")

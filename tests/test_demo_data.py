@@ -362,3 +362,16 @@ def test_extractors_read_the_demo(tmp_path, text_encoder):
                                 text_model=text_encoder, progress=False)
     cstore = FeatureStore(composed)
     assert {"train", "val", "test1"} <= set(cstore.splits())
+
+
+def test_demo_build_refuses_a_folder_generated_with_other_parameters(tmp_path):
+    """``featvlr demo --seed 1`` over the seed-0 data must not train on the seed-0 caches silently."""
+    from featvlr.demo_run import build_demo_caches
+
+    data = make_demo_dataset(tmp_path / "features" / "demo_data", seed=5, **TINY)
+    with pytest.raises(InputError, match="seed=5 .asked 6."):
+        build_demo_caches(tmp_path / "features", seed=6, data_dir=data, progress=False)
+    with pytest.raises(InputError, match="visual_noise"):
+        build_demo_caches(tmp_path / "features", seed=5, data_dir=data, progress=False,
+                          params={**TINY, "visual_noise": 2.0})
+    assert not (tmp_path / "features" / "demo.h5").exists()
