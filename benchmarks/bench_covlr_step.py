@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from bench_common import training_step  # the script's folder is on sys.path
 from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
 
@@ -59,14 +60,10 @@ def time_variant(method_name: str, loss: dict, batch: dict, device: torch.device
     state = StepState(epoch=1)
     use_amp = amp and device.type == "cuda"
 
+    one_step = training_step(method, opt, state, amp=use_amp)
+
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = method(batch, state)
-        total = sum(v for k, v in out.items() if k.endswith("_loss"))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), 2.0)
-        opt.step()
+        one_step(batch)
 
     for _ in range(3):
         step()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench_common import training_step  # the script's folder is on sys.path
 from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
 from featvlr.methods.hrem import HREMLossOptions, HREMModelOptions
@@ -91,17 +92,8 @@ def build(method: str, device: torch.device, **loss) -> torch.nn.Module:
 def step_ms(method: torch.nn.Module, batch: dict, state: StepState, device: torch.device, steps: int,
             amp: bool) -> float:
     opt = torch.optim.AdamW(method.param_groups(5e-4, 1e-4))
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = method(batch, state)
-        total = sum(v for k, v in out.items() if k.endswith("_loss"))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), 2.0)
-        opt.step()
-
-    return timed(step, device, steps)
+    one_step = training_step(method, opt, state, amp=amp)
+    return timed(lambda: one_step(batch), device, steps)
 
 
 def relation_ms(b: int, device: torch.device, steps: int, amp: bool) -> float:

@@ -39,6 +39,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import training_step  # noqa: E402
 from bench_loader import write_f30k_shaped  # noqa: E402
 
 from featvlr.config import load_config  # noqa: E402
@@ -71,16 +72,7 @@ def build_method(name: str, family: str, embed: int, dims, device: torch.device)
 
 def make_step(method: torch.nn.Module, state: StepState, lr: float = 2e-4):
     opt = torch.optim.AdamW(method.param_groups(lr, 1e-4), lr=lr, weight_decay=1e-4)
-
-    def step(batch: dict[str, torch.Tensor]) -> None:
-        out = method(batch, state)
-        total = sum(v for k, v in out.items() if k.endswith("_loss"))
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), 2.0)
-        opt.step()
-
-    return step
+    return training_step(method, opt, state)
 
 
 def time_steps(step, batches: list[dict], steps: int, warmup: int) -> tuple[list[float], list[float]]:
