@@ -31,7 +31,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -65,6 +65,15 @@ class TrainResult:
     best_epoch: int = -1
     test_metrics: dict[str, Any] = field(default_factory=dict)
     epochs_run: int = 0
+    stopped_early: bool = False
+
+
+EpochHook = Callable[[int, dict[str, Any]], "bool | None"]
+"""Called on the main rank after each epoch's dev evaluation and checkpoint with the epoch
+number (1-based) and that epoch's log record (train losses, ``{select split}/{metric}`` values).
+Returning True ends training after this epoch: the checkpoints are kept and the final test
+evaluation is skipped (``TrainResult.stopped_early``). An exception raised by the hook ends
+the run as any error does. Used by tuning to report intermediate values and prune."""
 
 
 def seed_everything(seed: int) -> None:
@@ -166,8 +175,11 @@ def run_stage(stage: Stage) -> None:
         train(stage.config, stage.run_dir, resume=True)
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
+          on_epoch_end: EpochHook | None = None) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` and evaluate its best checkpoint on the test split.
+
+    ``on_epoch_end`` (see :data:`EpochHook`) sees every epoch's record and may stop the run.
 
     Raises :class:`~featvlr.errors.Interrupted` on SIGINT/SIGTERM (see the module docstring).
     """
@@ -180,7 +192,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> TrainRes
     try:
         with StopSignals("flag") as stop:
             try:
-                result = _train(cfg, run_dir, resume=resume, stop=stop)
+                result = _train(cfg, run_dir, resume=resume, stop=stop, on_epoch_end=on_epoch_end)
             except KeyboardInterrupt as exc:
                 if dist_utils.is_main() and not resume:
                     remove_fresh_run(run_dir, existed)
@@ -214,7 +226,8 @@ def _agreed(flag: bool, distributed: bool, device: torch.device) -> bool:
     return bool(value)
 
 
-def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> TrainResult:
+def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
+           on_epoch_end: EpochHook | None = None) -> TrainResult:
     method_cls = get_method(cfg.method)
     device = pick_device(cfg.train.device)
     distributed = dist_utils.is_distributed()
@@ -313,6 +326,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> Tr
 
     stream = BatchStream(batches, device, prefetch=cfg.data.prefetch)
     select_key = tr.select_metric
+    stopped_early = False
     for epoch in range(start_epoch, tr.epochs):
         method.train()
         seed_everything(epoch_seed(tr.seed, rank, epoch))
@@ -397,12 +411,20 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> Tr
                         + (f", {select_split} {select_key} {metrics[select_key]:.2f}" if metrics else "")
                         + f" ({record['items_per_s']:.0f} items/s, waited {stream.wait_s:.1f} s"
                         f" of {epoch_time:.1f} s for data)")
+        wants_stop = bool(is_main and on_epoch_end is not None and on_epoch_end(epoch + 1, record))
         if _agreed(stop.signum is not None, distributed, device):  # also every rank's end-of-epoch barrier
             raise Signalled(stop.signum or signal.SIGINT)
+        if _agreed(wants_stop, distributed, device):
+            stopped_early = True
+            break
 
+    epochs_done = epoch + 1 if stopped_early else tr.epochs
     result = TrainResult(run_dir=run_dir, best_metrics=best_metrics, best_epoch=best_epoch,
-                         epochs_run=tr.epochs - start_epoch)
-    if is_main:
+                         epochs_run=epochs_done - start_epoch, stopped_early=stopped_early)
+    if is_main and stopped_early:
+        logger.log({"event": "stopped_early", "epoch": epochs_done})
+        logger.echo(f"stopped after epoch {epochs_done} by the epoch hook; no test evaluation")
+    elif is_main:
         if not (run_dir / "ckpt" / "best.pt").exists():
             save_checkpoint(run_dir / "ckpt" / "best.pt", checkpoint_payload(tr.epochs))
         best = load_checkpoint(run_dir / "ckpt" / "best.pt")
@@ -418,5 +440,5 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals) -> Tr
     return result
 
 
-__all__ = ["TrainResult", "TrainingDiverged", "train", "run_stage", "lr_factor", "seed_everything",
+__all__ = ["EpochHook", "TrainResult", "TrainingDiverged", "train", "run_stage", "lr_factor", "seed_everything",
            "feature_dims"]

@@ -155,3 +155,18 @@ def test_ddp_two_gloo_ranks_match_one_process(cache, tmp_path):
         assert set(got["grads"]) == set(grads)
         for name, g in grads.items():
             assert torch.allclose(got["grads"][name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_epoch_hook_sees_dev_metrics_and_can_stop_the_run(cache, tmp_path):
+    seen = []
+
+    def hook(epoch, record):
+        seen.append((epoch, record["dev/rsum"]))
+        return epoch == 2
+
+    result = train(quick(cache, epochs=4), tmp_path / "run", on_epoch_end=hook)
+    assert [e for e, _ in seen] == [1, 2]
+    assert result.stopped_early and result.epochs_run == 2 and not result.test_metrics
+    assert load_checkpoint(tmp_path / "run" / "ckpt" / "last.pt")["epoch"] == 2
+    assert (tmp_path / "run" / "ckpt" / "best.pt").exists()
+    assert not (tmp_path / "run" / "eval" / "test.json").exists()
