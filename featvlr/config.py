@@ -209,6 +209,8 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of keys, got {values!r}", key=where or None)
     for key, value in (values or {}).items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
@@ -270,14 +272,22 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         method = get_method(method_name)
     except ConfigError as exc:
         raise ConfigError(f"method: {exc}", key="method") from None
+    def section(name: str) -> dict[str, Any]:
+        value = raw.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {value!r}", key=name)
+        return value
+
     return Config(
         method=method_name,
         name=_coerce(raw.get("name", ""), str, "name"),
-        data=build_dataclass(DataConfig, raw.get("data") or {}, "data"),
-        train=build_dataclass(TrainConfig, raw.get("train") or {}, "train"),
-        eval=build_dataclass(EvalConfig, raw.get("eval") or {}, "eval"),
-        model=build_dataclass(method.ModelOptions, raw.get("model") or {}, "model"),
-        loss=build_dataclass(method.LossOptions, raw.get("loss") or {}, "loss"),
+        data=build_dataclass(DataConfig, section("data"), "data"),
+        train=build_dataclass(TrainConfig, section("train"), "train"),
+        eval=build_dataclass(EvalConfig, section("eval"), "eval"),
+        model=build_dataclass(method.ModelOptions, section("model"), "model"),
+        loss=build_dataclass(method.LossOptions, section("loss"), "loss"),
     )
 
 
