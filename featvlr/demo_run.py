@@ -80,19 +80,49 @@ def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, prog
     return {"data": data, "cache": cache, "composed_cache": composed}
 
 
+# The options of `featvlr demo` and the config keys they set: an error names the option typed.
+_DEMO_OPTIONS = {"train.epochs": "--epochs", "train.seed": "--seed"}
+
+
+def demo_config(out: str | Path = ".", *, epochs: int | None = None, seed: int = 0,
+                overrides: list[str] | None = None, progress: bool = True):
+    """The resolved ``configs/demo_vse.yaml`` of a demo under ``out``, checked before any work.
+
+    A bad ``--epochs`` or ``--seed`` is reported under that option's name, a bad ``--set``
+    under ``--set``, and an ``out`` that is a file as ``--out``."""
+    from featvlr.config import load_config
+    from featvlr.errors import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out: is a file, not a folder")
+    cache = out / "features" / DEMO_CACHE
+    sets = [f"data.cache={cache}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
+    if epochs is not None:
+        sets.append(f"train.epochs={epochs}")
+    user = list(overrides or [])
+    try:
+        return load_config(find_config("demo_vse.yaml"), sets + user)
+    except ConfigError as exc:
+        option = _DEMO_OPTIONS.get(exc.key or "")
+        if option and not any(text.split("=", 1)[0].strip() == exc.key for text in user):
+            message = str(exc)
+            for prefix in (f"--set {exc.key}: ", f"{exc.key}: "):
+                message = message[len(prefix):] if message.startswith(prefix) else message
+            raise ConfigError(f"{option}: {message}", key=exc.key) from None
+        raise
+
+
 def run_demo(out: str | Path = ".", *, epochs: int | None = None, seed: int = 0,
              overrides: list[str] | None = None, progress: bool = True, say=None) -> dict[str, Any]:
-    """Build, train and evaluate; returns the test results and where they are."""
-    from featvlr.config import load_config
+    """Check the options, then build, train and evaluate; returns the test results and where they are."""
     from featvlr.train import train
 
     out = Path(out)
+    cfg = demo_config(out, epochs=epochs, seed=seed, overrides=overrides, progress=progress)
     paths = build_demo_caches(out / "features", seed=seed, progress=progress, data_dir=out / "features" / "demo_data",
                               say=say)
-    sets = [f"data.cache={paths['cache']}", f"train.seed={seed}", f"train.progress={str(progress).lower()}"]
-    if epochs is not None:
-        sets.append(f"train.epochs={epochs}")
-    cfg = load_config(find_config("demo_vse.yaml"), sets + list(overrides or []))
+    cfg.data.cache = str(paths["cache"])
     run_dir = out / "runs" / "demo_vse"
     resume = (run_dir / "ckpt" / "last.pt").exists()
     if say is not None:

@@ -32,3 +32,32 @@ def test_malformed_config_section_is_one_line(cli, tmp_path, yaml_text, override
     if yaml_text is not None:
         assert lines[0].startswith(f"featvlr: error: {config}: ")
     assert not (tmp_path / "run").exists()
+
+
+# -- featvlr demo checks its options before any work -------------------------------------
+
+@pytest.mark.parametrize("args, first_line", [
+    (["--epochs", "0"], "featvlr: error: --epochs: expected >= 1, got 0"),
+    (["--seed", "-1"], "featvlr: error: --seed: expected >= 0, got -1"),
+    (["--set", "train.epochs=0"], "featvlr: error: --set train.epochs: expected >= 1, got 0"),
+    (["--set", "train.lr=abc"], "featvlr: error: --set train.lr: expected a number, got 'abc'"),
+    (["--set", "train=5"], "featvlr: error: --set train: expected a mapping of keys"),
+    (["--data-only", "--seed", "-1"], "featvlr: error: --seed: expected >= 0, got -1"),
+])
+def test_demo_checks_options_before_any_work(cli, tmp_path, args, first_line):
+    out = tmp_path / "X"
+    code, stdout, err = cli("demo", "--out", out, "--no-progress", *args)
+    assert code == 2
+    assert err.splitlines()[0].startswith(first_line), err
+    assert len(err.strip().splitlines()) == 1
+    assert stdout == ""
+    assert not out.exists()
+
+
+def test_demo_out_that_is_a_file(cli, tmp_path):
+    out = tmp_path / "X"
+    out.write_text("not a folder")
+    code, stdout, err = cli("demo", "--out", out)
+    assert code == 2
+    assert err.strip() == f"featvlr: error: {out}: --out: is a file, not a folder"
+    assert out.read_text() == "not a folder"
