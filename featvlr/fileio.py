@@ -16,6 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def has_npy_header(path: str | os.PathLike) -> bool:
+    """Whether the file starts with the ``.npy`` header (``numpy.save``'s magic string)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(NPY_MAGIC)) == NPY_MAGIC
+
+
 def partial_name(path: str | os.PathLike) -> Path:
     """The temporary name used while ``path`` is written: ``<name>.<pid>.partial<suffix>``.
 

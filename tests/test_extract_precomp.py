@@ -186,6 +186,12 @@ def _corrupt(root, case):
     if case == "not_npy":
         (root / "test_ims.npy").write_bytes(b"\x93NUMPY garbage")
         return root / "test_ims.npy"
+    if case == "text_renamed":  # a text file given the .npy name
+        (root / "test_ims.npy").write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")
+        return root / "test_ims.npy"
+    if case == "pickled":
+        np.save(root / "test_ims.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+        return root / "test_ims.npy"
     if case == "ids_count":
         (root / "test_ids.txt").write_text("a\nb\n")
         return root / "test_ids.txt"
@@ -202,6 +208,8 @@ CASES = {
     "not_utf8": "line 4 is not valid UTF-8",
     "not_npy": "not a readable .npy",
     "ids_count": "2 ids for the 6 images",
+    "text_renamed": "not a numpy array file: it does not start with the .npy header",
+    "pickled": "not a numpy array file of numbers: it holds Python objects",
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from featvlr.errors import InputError
+from featvlr.fileio import has_npy_header
 from featvlr.sources.composed_readers import ComposedSplit, load_json
 
 
@@ -74,6 +75,9 @@ class FeatureTable:
                 listed.pop()
             if "" in listed:
                 raise InputError(names_path, f"line {listed.index('') + 1} is empty")
+        if not has_npy_header(self.path):
+            raise InputError(self.path, "not a numpy array file: it does not start with the .npy header (save the "
+                                        "features with numpy.save)")
         try:
             arr = np.load(self.path, allow_pickle=False)
         except Exception as exc:
