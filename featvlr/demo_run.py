@@ -54,13 +54,58 @@ def build_demo_caches(cache_dir: str | Path = "features", *, seed: int = 0, prog
     ``say`` (e.g. ``print``) is told each stage as it starts. Returns the paths of ``data``,
     ``cache`` (cross-modal) and ``composed_cache``.
     """
-    say = say or (lambda text: None)
+    from featvlr.interrupts import StopSignals, interrupted, signal_of
+
+    cache_dir = Path(cache_dir)
+    data = Path(data_dir) if data_dir is not None else cache_dir / "demo_data"
+    targets = [cache_dir, data, cache_dir / DEMO_CACHE, cache_dir / DEMO_COMPOSED_CACHE]
+    existed = {path: path.exists() for path in targets}
+    with StopSignals("raise"):
+        try:
+            return _build_demo_caches(cache_dir, data, seed=seed, progress=progress, say=say or (lambda text: None),
+                                      params=params)
+        except KeyboardInterrupt as exc:
+            raise interrupted(signal_of(exc), _remove_unfinished(targets, existed)) from None
+
+
+def _remove_unfinished(targets: list[Path], existed: dict[Path, bool]) -> str:
+    """Remove what an interrupted demo build created (the folders only when it created them and
+    they hold nothing else); the sentence that says what was removed and what was left."""
+    import shutil
+
+    from featvlr.fileio import partial_name
+
+    cache_dir, data, *caches = targets
+    removed, left = [], []
+    for path in [data, *caches]:
+        for partial in (path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            elif partial.exists():
+                partial.unlink(missing_ok=True)
+        for partial in path.parent.glob(partial_name(path).name):
+            partial.unlink(missing_ok=True)
+        if existed[path]:
+            left.append(str(path))
+        elif path.exists():
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(str(path))
+    if not existed[cache_dir] and cache_dir.is_dir() and not any(cache_dir.iterdir()):
+        cache_dir.rmdir()
+        removed.append(str(cache_dir))
+    message = "the demo build stopped before its caches were complete; "
+    message += f"removed what it had written ({', '.join(removed)})" if removed else "it had written nothing to keep"
+    if left:
+        message += f"; left what was there before ({', '.join(left)})"
+    return message + "; run the command again to build it"
+
+
+def _build_demo_caches(cache_dir: Path, data: Path, *, seed: int, progress: bool, say,
+                       params: dict[str, Any] | None) -> dict[str, Path]:
     from featvlr.demo import demo_is_complete, make_demo_dataset
     from featvlr.sources.composed import extract_composed
     from featvlr.sources.precomp import extract_precomp
 
-    cache_dir = Path(cache_dir)
-    data = Path(data_dir) if data_dir is not None else cache_dir / "demo_data"
     if not demo_is_complete(data):
         say(f"generating the demo dataset in {data}")
         make_demo_dataset(data, seed=seed, overwrite=data.exists(), **(params or {}))

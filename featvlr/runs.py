@@ -24,8 +24,13 @@ def maybe_build_demo(cfg: Config) -> None:
     from featvlr.demo_run import build_demo_caches
 
     if dist_utils.is_main():
-        print(f"{cache} is missing and the config asks for the demo data (data.build_demo): building it once",
-              flush=True)
+        where = cache.resolve()
+        if cache.is_absolute():
+            print(f"data.cache {cache} does not exist", flush=True)
+        else:
+            print(f"data.cache {cache} is relative to the current folder: {where} does not exist", flush=True)
+        print(f"the config asks for the demo data there (data.build_demo: true): building the demo dataset and its "
+              f"caches in {where.parent} once (--set data.cache=PATH uses an existing cache instead)", flush=True)
         build_demo_caches(cache_dir=cache.parent, say=lambda text: print(text, flush=True))
     dist_utils.barrier()
     if not cache.exists():

@@ -61,3 +61,62 @@ def test_demo_out_that_is_a_file(cli, tmp_path):
     assert code == 2
     assert err.strip() == f"featvlr: error: {out}: --out: is a file, not a folder"
     assert out.read_text() == "not a folder"
+
+
+# -- a relative data.cache and an interrupted demo build -------------------------------------
+
+def test_relative_demo_cache_says_where_and_why_and_ctrl_c_removes_the_build(tmp_path):
+    """`featvlr train --config /path/configs/demo_vse.yaml` from another folder: the first line
+    names the resolved cache path; SIGINT during the build ends with exit 130, one line saying
+    what was removed, and nothing left under ./features."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "featvlr.cli", "train", "--config", REPO / "configs" /
+                             "demo_vse.yaml", "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    second = proc.stdout.readline()
+    third = proc.stdout.readline()  # "generating the demo dataset in features/demo_data": the build is under way
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert first.strip() == (f"data.cache features/demo.h5 is relative to the current folder: "
+                             f"{tmp_path.resolve() / 'features' / 'demo.h5'} does not exist")
+    assert second.startswith("the config asks for the demo data there (data.build_demo: true)")
+    assert third.strip() == "generating the demo dataset in features/demo_data"
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("featvlr: interrupted (SIGINT): the demo build stopped before its caches were "
+                                "complete; removed what it had written"), err
+    assert not (tmp_path / "features").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interrupted_demo_build_leaves_what_was_there(tmp_path, monkeypatch):
+    """Stopped while extracting: the dataset this build generated is removed, a folder that was
+    there before is left, and the message says which."""
+    import os
+    import signal
+
+    from featvlr.demo_run import build_demo_caches
+    from featvlr.errors import Interrupted
+    import featvlr.sources.precomp as precomp
+
+    def stop(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("not interrupted")
+
+    monkeypatch.setattr(precomp, "extract_precomp", stop)
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "mine.txt").write_text("kept")
+    small = {"n_train": 40, "n_dev": 10, "n_test": 10, "n_cirr_train": 20, "n_cirr_val": 10, "n_cirr_test": 10}
+    with pytest.raises(Interrupted) as info:
+        build_demo_caches(features, progress=False, params=small)
+    assert info.value.code == 130
+    assert f"removed what it had written ({features / 'demo_data'})" in info.value.message
+    assert f"left what was there before ({features})" not in info.value.message  # a folder, not a build output
+    assert sorted(p.name for p in features.iterdir()) == ["mine.txt"]
