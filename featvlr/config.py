@@ -261,7 +261,10 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     from featvlr.methods.registry import get_method
 
     raw = dict(raw or {})
-    top = [f.name for f in dataclasses.fields(Config)]
+    tune = raw.pop("tune", None)  # the search space of `featvlr tune` / `compare`; not part of a run
+    if tune is not None and not isinstance(tune, dict):
+        raise ConfigError(f"tune: expected a mapping (space: {{key: spec}}), got {tune!r}", key="tune")
+    top = [f.name for f in dataclasses.fields(Config)] + ["tune"]
     for key in raw:
         if key not in top:
             raise ConfigError(f"unknown config key {key!r}{_suggest(key, top)}", key=key)
