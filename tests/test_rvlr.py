@@ -1,6 +1,7 @@
 """RVLR: distillation losses against direct computations, lambda, the teachers and their cache."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -18,7 +19,8 @@ from featvlr.checkpoint import load_method, resolve_checkpoint
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.errors import ConfigError
-from featvlr.losses.distill import RepresentationDistillation, StructureDistillation, wasserstein_1d
+from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation, wasserstein_1d
+from featvlr.losses.structure import off_diagonal
 from featvlr.methods import StepState, get_method
 from featvlr.store import FeatureStore
 from featvlr.train import feature_dims, train
@@ -256,7 +258,7 @@ def test_default_teachers_are_uni_modal_features_in_one_stage(cache, tmp_path):
 def test_mixture_terms_are_diagnostics_unless_trained(cache):
     dims = feature_dims(FeatureStore(cache).split("train"))
     batch = first_batch(cache)
-    cfg = quick(cache, "loss.reduction=mean")
+    cfg = quick(cache, "loss.reduction=mean", "loss.structure_relations=absolute")
     torch.manual_seed(0)
     method = get_method("rvlr")(cfg.model, cfg.loss, dims)
     out = method(batch, StepState(epoch=1))
@@ -267,7 +269,7 @@ def test_mixture_terms_are_diagnostics_unless_trained(cache):
         off = ~torch.eye(len(img), dtype=torch.bool)
         want = (rel(img) - rel(txt))[off].abs().mean()
     assert (out["image_mixture"] + out["text_mixture"]).item() == pytest.approx(want.item(), rel=1e-4)
-    trained = quick(cache, "loss.mixture=train", "loss.reduction=mean")
+    trained = quick(cache, "loss.mixture=train", "loss.reduction=mean", "loss.structure_relations=absolute")
     torch.manual_seed(0)
     method = get_method("rvlr")(trained.model, trained.loss, dims)
     out2 = method(batch, StepState(epoch=1))
@@ -291,6 +293,114 @@ def test_distillation_scale_per_reduction(cache, kind):
         assert outs["sum"][key].item() == pytest.approx(b * mean, rel=1e-5)
         assert outs["auto"][key].item() == pytest.approx(auto * mean, rel=1e-5)
     assert outs["auto"]["contrastive_loss"].item() == pytest.approx(outs["mean"]["contrastive_loss"].item())
+
+
+def test_hinge_scale_uses_the_learned_distillation_temperature(cache):
+    dims = feature_dims(FeatureStore(cache).split("train"))
+    batch = first_batch(cache)
+    outs = {}
+    for reduction in ("mean", "auto"):
+        cfg = quick(cache, "loss.kind=hinge", f"loss.reduction={reduction}")
+        torch.manual_seed(0)
+        method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+        with torch.no_grad():
+            method.representation.log_tau.fill_(np.log(0.05))  # drifted from the configured 0.07
+        outs[reduction] = method(batch, StepState(epoch=1))
+    b = len(batch["image_ids"])
+    for key in ("image_distill_loss", "text_distill_loss", "structure_loss"):
+        assert outs["auto"][key].item() == pytest.approx(2 * b * 0.05 * outs["mean"][key].item(), rel=1e-5)
+    # the scale is a constant factor: it passes no gradient to the temperature
+    cfg = quick(cache, "loss.kind=hinge", "loss.image_distill_weight=0", "loss.text_distill_weight=0")
+    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    method(batch, StepState(epoch=1))["structure_loss"].backward()
+    assert method.representation.log_tau.grad is None
+
+
+# -- the structure term and the ranking space's geometry ---------------------------------
+
+def test_standardized_relations_ignore_offset_and_scale_of_the_student():
+    """A row's offset or scale costs nothing: the term sees only its neighbour pattern."""
+    from featvlr.losses.distill import relation_distance, standardize_rows
+
+    g = torch.Generator().manual_seed(0)
+    rel = torch.randn(9, 9, generator=g, dtype=torch.float64)
+    target = torch.randn(9, 9, generator=g, dtype=torch.float64)
+    shifted = 3.0 * rel + torch.randn(9, 1, generator=g, dtype=torch.float64)  # per-row offset, one scale
+    assert torch.allclose(standardize_rows(shifted), standardize_rows(rel), atol=1e-6)
+    for distance in DISTANCES:
+        std = relation_distance(rel, target, distance, "standardized")
+        assert relation_distance(shifted, target, distance, "standardized").item() == pytest.approx(std.item(), rel=1e-5)
+        # the absolute form is not invariant: this test can tell the two apart
+        assert relation_distance(shifted, target, distance).item() != pytest.approx(
+            relation_distance(rel, target, distance).item(), rel=1e-3)
+    s = torch.randn(8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    d = relation_distance(s, target[:8, :8], "mae", "standardized")
+    (gs,) = torch.autograd.grad(d, s)
+    off = ~torch.eye(8, dtype=torch.bool)
+    row_sums = (gs * off).sum(1)  # d/d(offset of row i): zero, the term cannot move a row's mean
+    assert torch.allclose(row_sums, torch.zeros(8, dtype=torch.float64), atol=1e-9)
+
+
+def test_standardized_term_does_not_fix_the_students_mean_cosine():
+    """Embeddings lifted along a shared direction (every cosine mapped to
+    (a^2 cos + b^2) / (a^2 + b^2): a tighter cone, the same neighbours) cost the same under the
+    standardized term; the absolute term prefers the lift whose mean cosine is the teachers'."""
+    g = torch.Generator().manual_seed(1)
+    teacher_t = torch.randn(1, 16, generator=g) + 0.9 * torch.randn(24, 16, generator=g)
+    teacher_i = torch.randn(1, 12, generator=g) + 0.9 * torch.randn(24, 12, generator=g)
+    x = F.normalize(torch.randn(24, 8, generator=g), dim=-1)
+
+    def lifted(b: float) -> torch.Tensor:  # an extra coordinate b shared by every row
+        return F.normalize(torch.cat([x, torch.full((24, 1), b)], dim=-1), dim=-1)
+
+    def mean_cos(y):
+        return off_diagonal(y @ y.t()).mean().item()
+
+    lifts = [0.0, 0.5, 1.0, 2.0]
+    assert mean_cos(lifted(2.0)) > mean_cos(lifted(0.0)) + 0.5  # the lift changes the geometry a lot
+    for form in ("standardized", "absolute"):
+        loss = StructureDistillation(form=form, learnable_lambda=False)
+        values = [loss([lifted(b)], teacher_t, teacher_i)["kd"].item() for b in lifts]
+        if form == "standardized":
+            assert max(values) - min(values) < 1e-4 * max(values)
+        else:  # the absolute term has a preferred mean cosine: the teacher mixture's
+            assert max(values) - min(values) > 0.1 * max(values)
+
+
+def test_fused_structure_head_is_apart_from_the_ranking_space(cache):
+    """loss.structure_space=fused: the structure term relates the fused pair vectors of an own
+    head; the retrieval embeddings are not the student matrix, and the head gets the gradient."""
+    dims = feature_dims(FeatureStore(cache).split("train"))
+    batch = first_batch(cache)
+    cfg = quick(cache, "loss.structure_space=fused", "loss.image_distill_weight=0", "loss.text_distill_weight=0",
+                "loss.contrastive_weight=0")
+    torch.manual_seed(0)
+    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    v, t = method.encode_images(batch), method.encode_texts(batch)
+    students = method.students(v, t)
+    assert len(students) == 1 and students[0].shape == v.shape
+    assert not torch.allclose(F.normalize(students[0], dim=-1), v) and not torch.allclose(
+        F.normalize(students[0], dim=-1), t)
+    out = method(batch, StepState(epoch=1))
+    out["structure_loss"].backward()
+    assert method.fusion[0].weight.grad.abs().sum() > 0
+    emb = quick(cache, "loss.structure_space=embeddings")
+    assert get_method("rvlr")(emb.model, emb.loss, dims).fusion is None
+    with pytest.raises(ConfigError, match="structure_space"):
+        get_method("rvlr")(emb.model, dataclasses.replace(emb.loss, structure_space="cls"), dims)
+
+
+def test_geometry_is_logged(cache):
+    dims = feature_dims(FeatureStore(cache).split("train"))
+    batch = first_batch(cache)
+    cfg = quick(cache)
+    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    out = method(batch, StepState(epoch=1))
+    v, t = method.encode_images(batch), method.encode_texts(batch)
+    want_t = off_diagonal(t @ t.t()).mean()
+    assert out["text_cosine"].item() == pytest.approx(want_t.item(), rel=1e-4, abs=1e-6)
+    for key in ("image_cosine", "text_cosine", "teacher_cosine"):
+        assert out[key].numel() == 1 and not out[key].requires_grad and not key.endswith("_loss")
 
 
 # -- DDP: one step on 2 gloo ranks equals one process on the global batch -----------------

@@ -30,6 +30,23 @@ from featvlr.losses.infonce import ClampedTemperature, soft_cross_entropy, soft_
 from featvlr.losses.structure import off_diagonal, relation_matrix
 
 DISTANCES = ("mae", "mse", "wd")
+# How relation rows are compared: "absolute" (the cosines / tau2 as they are, the paper's) or
+# "standardized" (every row's off-diagonal values shifted to mean 0 and scaled to unit
+# standard deviation first, so an offset or a scale of a row costs nothing).
+RELATION_FORMS = ("absolute", "standardized")
+
+
+def standardize_rows(m: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``[B, B] -> [B, B-1]``: the off-diagonal values of every row, shifted to mean 0 and
+    divided by their standard deviation (``eps`` keeps a constant row finite).
+
+    ``standardize_rows(a * m + b)`` equals ``standardize_rows(m)`` for any ``a > 0`` and any
+    per-row offset ``b``: what is left is the order and the relative spacing of a row's
+    neighbours, not where the row sits or how spread it is.
+    """
+    x = off_diagonal(m)
+    x = x - x.mean(dim=-1, keepdim=True)
+    return x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
 
 
 def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, u_weights: torch.Tensor | None = None,
@@ -60,8 +77,11 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor, u_weights: torch.Tensor | N
     return ((cdf(u_sorted, u_order, u_weights) - cdf(v_sorted, v_order, v_weights)).abs() * deltas).sum(-1)
 
 
-def relation_distance(student: torch.Tensor, target: torch.Tensor, distance: str = "mae") -> torch.Tensor:
+def relation_distance(student: torch.Tensor, target: torch.Tensor, distance: str = "mae",
+                      form: str = "absolute") -> torch.Tensor:
     """Distance between two ``[B, B]`` relation matrices over their off-diagonal entries.
+
+    ``form="standardized"`` compares the rows after :func:`standardize_rows` (both sides).
 
     Unlike :func:`featvlr.losses.structure.relation_mae`, the target keeps its gradient: the
     mixture ``E`` must pass one to lambda.
@@ -70,7 +90,12 @@ def relation_distance(student: torch.Tensor, target: torch.Tensor, distance: str
     rows of the 1-D Wasserstein distance between the rows' off-diagonal values (a row is
     compared as a distribution of relation values, not entry by entry).
     """
-    s, t = off_diagonal(student), off_diagonal(target)
+    if form == "standardized":
+        s, t = standardize_rows(student), standardize_rows(target)
+    elif form == "absolute":
+        s, t = off_diagonal(student), off_diagonal(target)
+    else:
+        raise ValueError(f"unknown relation form {form!r} ({', '.join(RELATION_FORMS)})")
     if distance == "mae":
         return (s - t).abs().mean()
     if distance == "mse":
@@ -121,6 +146,12 @@ class StructureDistillation(nn.Module):
 
     ``distance`` is ``"mae"`` (the paper's default), ``"mse"`` or ``"wd"`` (row-wise 1-D
     Wasserstein, see :func:`relation_distance`), always over off-diagonal pairs.
+    ``form="standardized"`` compares per-row standardised relations (:func:`standardize_rows`):
+    the term then constrains which neighbours a row has and how they are spaced relative to
+    each other, never the row's mean cosine or spread. ``"absolute"`` (the paper's) pulls every
+    student cosine toward the mixture's value, and so the student's mean intra-modal cosine
+    toward the teachers' (about 0.40 for the cached MiniLM / mean-region teachers), which on the
+    retrieval embeddings themselves fixes the ranking space's geometry.
     ``lambda = sigmoid(logit)``, starting at ``init_lambda``; fixed when not
     ``learnable_lambda``. ``tau2`` is fixed at ``temperature`` unless
     ``learnable_temperature`` (then clamped to ``[tau_min, tau_max]``). See the module
@@ -138,10 +169,13 @@ class StructureDistillation(nn.Module):
 
     def __init__(self, *, distance: str = "mae", temperature: float = 0.07, learnable_temperature: bool = False,
                  tau_min: float = 0.01, tau_max: float = 1.0, init_lambda: float = 0.5,
-                 learnable_lambda: bool = True):
+                 learnable_lambda: bool = True, form: str = "absolute"):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"unknown relation distance {distance!r} ({', '.join(DISTANCES)})")
+        if form not in RELATION_FORMS:
+            raise ValueError(f"unknown relation form {form!r} ({', '.join(RELATION_FORMS)})")
+        self.form = form
         if not 0.0 < init_lambda < 1.0:
             raise ValueError(f"init_lambda must lie in (0, 1), got {init_lambda}")
         self.distance = distance
@@ -185,12 +219,12 @@ class StructureDistillation(nn.Module):
                  teacher_image: torch.Tensor) -> dict[str, torch.Tensor]:
         rel_t, rel_i, mix = self.targets(teacher_text, teacher_image)
         tau = self.tau
-        kd = torch.stack([relation_distance(relation_matrix(s, "cosine", tau), mix, self.distance)
+        kd = torch.stack([relation_distance(relation_matrix(s, "cosine", tau), mix, self.distance, self.form)
                           for s in students]).mean()
         return {
             "kd": kd,
-            "kdi": relation_distance(rel_i, mix, self.distance),
-            "kdt": relation_distance(rel_t, mix, self.distance),
+            "kdi": relation_distance(rel_i, mix, self.distance, self.form),
+            "kdt": relation_distance(rel_t, mix, self.distance, self.form),
             "lam": self.lam.detach(),
             "tau2": tau.detach(),
         }

@@ -70,13 +70,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from featvlr import distributed as dist_utils
 from featvlr.distributed import gather_no_grad, gather_with_grad
 from featvlr.errors import ConfigError
 from featvlr.schema import choice, number
 from featvlr.losses import SoftIdInfoNCE
-from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation
+from featvlr.losses.distill import DISTANCES, RELATION_FORMS, RepresentationDistillation, StructureDistillation
+from featvlr.losses.structure import off_diagonal
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
@@ -86,6 +88,10 @@ from featvlr.modules import xavier_linear
 from featvlr.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
 
 RELATIONS = ("text", "image", "both")
+# Where the structure term's student relations live: "fused" (an own head over each positive
+# pair's image and text embeddings, the analogue of the paper's fused [CLS]) or "embeddings"
+# (the retrieval embeddings themselves, chosen by loss.relation).
+STRUCTURE_SPACES = ("fused", "embeddings")
 BASE_TEACHER = "base"  # model.teacher value of the two-stage recipe
 
 
@@ -134,6 +140,12 @@ class RVLRLossOptions(VSELossOptions):
     # Structure distillation: student relation ("text", "image", "both"), distance
     # ("mae", "mse", "wd"), relation temperature tau2, lambda.
     relation: str = choice("both", *RELATIONS)
+    # The student relations' space: "fused" (own head over the positive pair, a space apart
+    # from the ranking space, as the paper's fused [CLS]) or "embeddings" (the retrieval
+    # embeddings, by loss.relation). And how rows are compared: "standardized" (per-row
+    # mean 0, unit std: invariant to a row's offset and scale) or "absolute" (the paper's).
+    structure_space: str = choice("fused", *STRUCTURE_SPACES)
+    structure_relations: str = choice("standardized", *RELATION_FORMS)
     distance: str = choice("mae", *DISTANCES)
     structure_temperature: float = number(0.07, above=0)
     learnable_structure_temperature: bool = False
@@ -151,6 +163,12 @@ def _check_options(model: RVLRModelOptions, loss: RVLRLossOptions) -> None:
         raise ConfigError(f"loss.relation: unknown relation {loss.relation!r} ({', '.join(RELATIONS)})")
     if loss.distance not in DISTANCES:
         raise ConfigError(f"loss.distance: unknown distance {loss.distance!r} ({', '.join(DISTANCES)})")
+    if loss.structure_space not in STRUCTURE_SPACES:
+        raise ConfigError(f"loss.structure_space: unknown space {loss.structure_space!r} "
+                          f"({', '.join(STRUCTURE_SPACES)})")
+    if loss.structure_relations not in RELATION_FORMS:
+        raise ConfigError(f"loss.structure_relations: unknown form {loss.structure_relations!r} "
+                          f"({', '.join(RELATION_FORMS)})")
     if loss.reduction not in ("auto", "mean", "sum"):
         raise ConfigError(f"loss.reduction: expected auto, mean or sum, got {loss.reduction!r}")
     if loss.mixture not in ("log", "train"):
@@ -162,12 +180,14 @@ def _check_options(model: RVLRModelOptions, loss: RVLRLossOptions) -> None:
         raise ConfigError(f"loss.init_lambda must lie in (0, 1), got {loss.init_lambda}")
 
 
-def distill_scale(loss: RVLRLossOptions, batch: int, *, hinge: bool) -> float:
+def distill_scale(loss: RVLRLossOptions, batch: int, *, hinge: bool, temperature: float | None = None) -> float:
     """The factor on the (mean-reduced) distillation terms for ``loss.reduction`` and a global
     batch of ``batch`` rows.
 
     ``mean``: 1 (the paper's, next to its mean ITC). ``sum``: ``batch``. ``auto``: 1 with
-    InfoNCE; with the hinge, ``2 * batch * distill_temperature``. The hinge sums both
+    InfoNCE; with the hinge, ``2 * batch * tau``, ``tau`` the representation-distillation
+    temperature as it is now (``temperature``: the learned value, which drifts from the
+    configured ``loss.distill_temperature``; that value when not given). The hinge sums both
     directions over the batch in cosine units, where the paper's ITC averages them in units of
     ``1 / tau``; the distillation terms are mean cross-entropies over cosines / tau (and MAE
     over relations / tau2), so this factor puts them in the hinge's units and keeps the
@@ -177,7 +197,8 @@ def distill_scale(loss: RVLRLossOptions, batch: int, *, hinge: bool) -> float:
         return 1.0
     if loss.reduction == "sum":
         return float(batch)
-    return 2.0 * batch * loss.distill_temperature if hinge else 1.0
+    tau = loss.distill_temperature if temperature is None else float(temperature)
+    return 2.0 * batch * tau if hinge else 1.0
 
 
 def base_config(config: Any) -> Any:
@@ -226,7 +247,12 @@ class RVLR(TowerEncoders, Method):
         self.structure = StructureDistillation(
             distance=loss.distance, temperature=loss.structure_temperature,
             learnable_temperature=loss.learnable_structure_temperature, tau_max=loss.structure_temperature_max,
-            init_lambda=loss.init_lambda, learnable_lambda=loss.learnable_lambda)
+            init_lambda=loss.init_lambda, learnable_lambda=loss.learnable_lambda, form=loss.structure_relations)
+        # The fused head: a positive pair's image and text embeddings -> one vector whose
+        # relations the structure term shapes (the paper relates the fusion encoder's [CLS]).
+        d = model.embed_dim
+        self.fusion = (nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, d))
+                       if loss.structure_space == "fused" else None)
         self._table: TeacherTable | None = None
         self.starts_from_teacher = model.teacher != "features" and model.init_from_teacher
         self._pending_init = self.starts_from_teacher
@@ -287,6 +313,10 @@ class RVLR(TowerEncoders, Method):
         return self._table.lookup(batch["image_ids"], batch["text_ids"], batch["image_ids"].device)
 
     def students(self, v: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """The student batches whose relations the structure term compares with the mixture:
+        the fused pair vectors, or the retrieval embeddings chosen by ``loss.relation``."""
+        if self.fusion is not None:
+            return [self.fusion(torch.cat([v, t], dim=-1))]
         relation = self.loss_opts.relation
         return [t] if relation == "text" else [v] if relation == "image" else [t, v]
 
@@ -306,7 +336,8 @@ class RVLR(TowerEncoders, Method):
             state = dataclasses.replace(state, epoch=state.epoch + lo.warmup_epochs)
         out = {"contrastive_loss": lo.contrastive_weight * cross_modal_loss(self.criterion, lo, v_all, t_all, ids,
                                                                               state)}
-        scale = distill_scale(lo, v_all.shape[0], hinge=not isinstance(self.criterion, SoftIdInfoNCE))
+        scale = distill_scale(lo, v_all.shape[0], hinge=not isinstance(self.criterion, SoftIdInfoNCE),
+                              temperature=self.representation.tau.detach())
         if lo.image_distill_weight:
             target = F.normalize(self.teacher_image_proj(teacher_image), dim=-1)
             out["image_distill_loss"] = scale * lo.image_distill_weight * self.representation(v_all, target, ids)
@@ -325,9 +356,26 @@ class RVLR(TowerEncoders, Method):
             else:  # diagnostics: how far the mixture sits from each teacher, never summed
                 out["image_mixture"] = s["kdi"].detach()
                 out["text_mixture"] = s["kdt"].detach()
+        out.update(geometry(v_all, t_all, ids, teacher_image, teacher_text, self.structure.lam))
         out["lambda"] = self.structure.lam.detach()
         out["structure_temperature"] = self.structure.tau.detach()
         out["distill_temperature"] = self.representation.tau.detach()
         if isinstance(self.criterion, SoftIdInfoNCE):
             out["temperature"] = self.criterion.tau.detach()
         return out
+
+
+@torch.no_grad()
+def geometry(v: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, teacher_image: torch.Tensor,
+             teacher_text: torch.Tensor, lam: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logged means of the off-diagonal cosines: the student's images (pairs of different
+    images) and texts, and the teacher mixture ``lambda * cos_T + (1 - lambda) * cos_I``
+    (what the absolute structure term pulls both toward)."""
+    def cos(x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.float(), dim=-1)
+        return off_diagonal(x @ x.t())
+
+    other = off_diagonal((ids.unsqueeze(0) != ids.unsqueeze(1)).float()) > 0
+    mix = lam.detach() * cos(teacher_text) + (1 - lam.detach()) * cos(teacher_image)
+    return {"image_cosine": cos(v)[other].mean() if other.any() else v.new_zeros(()),
+            "text_cosine": cos(t).mean(), "teacher_cosine": mix.mean()}
