@@ -48,7 +48,46 @@ from featvlr.evaluation.options import EvalOptions, parse_ints, parse_scenarios,
 from featvlr.evaluation.plots import group_metrics, plot_results
 from featvlr.evaluation.results import format_table, write_results
 
-__all__ = ["EvalFlags", "format_table", "group_metrics", "plot_results", "run_eval", "write_results"]
+__all__ = ["EvalFlags", "format_table", "group_metrics", "plot_results", "run_eval", "submission_guide",
+           "write_results"]
+
+
+def _truth_file(cache: str | Path | None, split: str) -> Path | None:
+    """The truth file of a composed split the cache was extracted from, when its source folder
+    has one beside it (the demo's ``truth/cirr_<split>_edits.json``)."""
+    import json
+
+    if not cache or not Path(cache).is_file():
+        return None
+    try:
+        from featvlr.store import FeatureStore
+
+        sources = FeatureStore(cache).attrs.get("sources")
+        sources = json.loads(sources) if isinstance(sources, str) else sources
+        root = sources.get("root") if isinstance(sources, dict) else None
+    except Exception:  # a cache without provenance: no truth file to point at
+        return None
+    if not root:
+        return None
+    truth = Path(root).parent / "truth" / f"cirr_{split}_edits.json"
+    return truth if truth.is_file() else None
+
+
+def submission_guide(files: Sequence[str | Path], split: str, cache: str | Path | None) -> list[str]:
+    """The lines that end an evaluation of a split without ground truth: where the test-server
+    files are and the command that scores them (against the source's truth file when there is
+    one, as for the demo; else the CIRR evaluation server)."""
+    from featvlr.evaluation.composed import CIRR_SERVER
+
+    lines = [f"no ground truth in split {split}: wrote the test-server files"]
+    lines += [f"  {f}" for f in files]
+    truth = _truth_file(cache, split)
+    recall = next((str(f) for f in files if Path(f).name.startswith("recall_submission_")), None)
+    if truth is not None and recall is not None:
+        lines.append(f"score them: featvlr eval --submission {recall} --truth {truth}")
+    else:
+        lines.append(f"score them: upload both to the CIRR evaluation server ({CIRR_SERVER})")
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,3 +120,99 @@ def test_interrupted_demo_build_leaves_what_was_there(tmp_path, monkeypatch):
     assert f"removed what it had written ({features / 'demo_data'})" in info.value.message
     assert f"left what was there before ({features})" not in info.value.message  # a folder, not a build output
     assert sorted(p.name for p in features.iterdir()) == ["mine.txt"]
+
+
+# -- a composed run whose test split has no ground truth --------------------------------------
+
+@pytest.fixture(scope="module")
+def composed_run(tmp_path_factory):
+    """A 2-epoch MLCL run on the toy CIRR-layout cache (test1 without targets), through the CLI."""
+    import yaml
+    from test_mlcl import write_composed_cache
+
+    from conftest import run_cli_main
+
+    root = tmp_path_factory.mktemp("composed_run")
+    cache = write_composed_cache(root / "toy.h5")
+    config = root / "mlcl.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "mlcl",
+        "data": {"cache": str(cache), "dataset": "cirr", "dev_split": "val", "test_split": "test1"},
+        "model": {"projection_dim": 16, "hidden_dim": 16},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "schedule": "constant", "select_split": "val",
+                  "select_metric": "composed/arithmetic_mean", "progress": False, "max_steps_per_epoch": 3},
+        "eval": {"scenarios": ["composed"], "dev_scenarios": ["composed"]}}))
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code, _, _ = run_cli_main(["train", "--config", config, "--out", root / "run"])
+    return root / "run", cache, code, out.getvalue()
+
+
+def test_composed_train_ends_with_the_selection_table_and_the_submission_files(composed_run):
+    run, cache, code, out = composed_run
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert "(no metrics" not in out
+    header = next(i for i, line in enumerate(lines) if line.startswith("val split · method mlcl"))
+    assert lines[header + 1].startswith("composed ") and "arithmetic_mean" in lines[header + 1]
+    sub = run / "eval" / "submission"
+    assert lines[-4:] == ["no ground truth in split test1: wrote the test-server files",
+                          f"  {sub / 'recall_submission_test1.json'}",
+                          f"  {sub / 'recall_subset_submission_test1.json'}",
+                          "score them: upload both to the CIRR evaluation server "
+                          "(https://cirr.cecs.anu.edu.au/test_process/)"]
+    assert (run / "eval" / "val.json").exists() and (run / "eval" / "test1.json").exists()
+
+
+def test_eval_split_without_ground_truth_prints_the_files_and_the_scoring_command(composed_run, cli, tmp_path):
+    run, cache, code, _ = composed_run
+    out_json = tmp_path / "e" / "test1.json"
+    code, out, err = cli("eval", run, "--split", "test1", "--json", out_json, "--no-plots")
+    assert code == 0, err
+    sub = tmp_path / "e" / "submission"
+    assert out.strip().splitlines()[-3:] == [f"  {sub / 'recall_submission_test1.json'}",
+                                             f"  {sub / 'recall_subset_submission_test1.json'}",
+                                             "score them: upload both to the CIRR evaluation server "
+                                             "(https://cirr.cecs.anu.edu.au/test_process/)"]
+    assert "no ground truth in split test1: wrote the test-server files" in out
+
+
+def test_submission_guide_points_at_the_demo_truth_file(tmp_path):
+    import numpy as np
+
+    from featvlr.evaluate import submission_guide
+    from featvlr.store import CacheWriter
+
+    truth = tmp_path / "demo_data" / "truth" / "cirr_test1_edits.json"
+    truth.parent.mkdir(parents=True)
+    truth.write_text("[]")
+    with CacheWriter(tmp_path / "c.h5", sources={"layout": "cirr", "root": str(tmp_path / "demo_data" / "cirr")}) as w:
+        w.write("images/test1/global", np.zeros((2, 2), np.float32))
+    lines = submission_guide(["s/recall_submission_test1.json", "s/recall_subset_submission_test1.json"], "test1",
+                             tmp_path / "c.h5")
+    assert lines[-1] == f"score them: featvlr eval --submission s/recall_submission_test1.json --truth {truth}"
+
+
+def test_eval_scores_a_submission_against_a_truth_file(cli, tmp_path):
+    import json
+
+    sub = tmp_path / "recall_submission_test1.json"
+    sub.write_text(json.dumps({"version": "rc2", "metric": "recall", "1": ["a", "b", "c"], "2": ["a", "b", "c"]}))
+    (tmp_path / "recall_subset_submission_test1.json").write_text(
+        json.dumps({"version": "rc2", "metric": "recall_subset", "1": ["b", "c", "d"], "2": ["b", "c", "d"]}))
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps([{"pairid": 1, "target": "b"}, {"pairid": 2, "target": "z"}]))
+    code, out, err = cli("eval", "--submission", sub, "--truth", truth)
+    assert code == 0, err
+    assert "R@1 0.00  R@5 50.00  R@10 50.00  R@50 50.00  Rsubset@1 50.00" in out
+    assert "arithmetic_mean 42.86" in out
+    truth.write_text(json.dumps([{"pairid": 3, "target": "b"}]))
+    code, out, err = cli("eval", "--submission", sub, "--truth", truth)
+    assert code == 2
+    assert err.strip() == (f"featvlr: error: {sub}: has no ranking for 1 of the 1 pairs of truth.json "
+                           "(first: pair 3)")
+    code, out, err = cli("eval", "--submission", sub)
+    assert code == 2 and err.startswith("featvlr: error: --submission and --truth go together")

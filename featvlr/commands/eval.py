@@ -43,6 +43,11 @@ def eval_command(
     plots: bool = typer.Option(True, help="Write the Recall@K and per-scenario PNGs."),
     examples: int = typer.Option(0, help="For a run: write examples.html beside the JSON with N seeded queries "
                                  "per scenario, their top 5 and the ground truth's rank."),
+    submission: Path | None = typer.Option(None, help="Score CIRR test-server files instead: the "
+                                           "recall_submission_<split>.json that eval writes for a split without "
+                                           "ground truth (its recall_subset_ file beside it); needs --truth."),
+    truth: Path | None = typer.Option(None, help="With --submission: a JSON list of {pairid, target} records "
+                                      "(the demo's features/demo_data/truth/cirr_<split>_edits.json)."),
 ) -> None:
     """Evaluate a run, or embeddings / a similarity matrix from any model, with featvlr's protocols.
 
@@ -53,8 +58,11 @@ def eval_command(
       featvlr eval --embeddings mine.npz --cache features/f30k.h5 --split test --json mine.json
       featvlr eval --sims sims.npy --relevance f30k-test-rougeL.npy --folds 1
     """
-    from featvlr.evaluate import EvalFlags, run_eval
+    from featvlr.evaluate import EvalFlags, run_eval, submission_guide
 
+    if submission is not None or truth is not None:
+        _score_submission(submission, truth, json_path)
+        return
     flags = EvalFlags(folds=folds, ks=ks, ndcg_ks=ndcg_ks, ndcg_exp_k=ndcg_exp_k, batch_size=batch_size,
                       chunk_elements=chunk_elements, backend=backend, faiss_k=faiss_k,
                       t2t_without_siblings=t2t_without_siblings, composed_protocol=composed_protocol,
@@ -69,6 +77,28 @@ def eval_command(
     typer.echo(f"results: {record['json']}")
     if record.get("examples"):
         typer.echo(f"examples: {record['examples']}")
+    if record.get("submission") and not record.get("metrics"):
+        for line in submission_guide(record["submission"], (record.get("input") or {}).get("split") or split,
+                                     (record.get("input") or {}).get("cache") or cache):
+            typer.echo(line)
+
+
+def _score_submission(submission: Path | None, truth: Path | None, json_path: Path | None) -> None:
+    """``featvlr eval --submission FILE --truth FILE``: the CIRR metrics of test-server files."""
+    from featvlr.errors import FeatvlrError
+    from featvlr.evaluation.composed import score_cirr_submission
+    from featvlr.evaluation.results import format_table, write_results
+
+    if submission is None or truth is None:
+        raise FeatvlrError("--submission and --truth go together: the recall_submission_<split>.json file and "
+                           "the truth file it is scored against")
+    metrics = score_cirr_submission(submission, truth)
+    typer.echo(f"submission {submission} · truth {truth}")
+    typer.echo(format_table(metrics))
+    if json_path is not None:
+        write_results(json_path, metrics, split=None, plots=False,
+                      inputs={"kind": "cirr submission", "path": str(submission), "truth": str(truth)})
+        typer.echo(f"results: {json_path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -39,8 +39,32 @@ def register(app: typer.Typer) -> None:
 
             if result.best_epoch >= 0:
                 typer.echo(f"best epoch: {result.best_epoch} (ckpt/best.pt)")
-            if result.test_metrics:
-                typer.echo(format_results(result.test_metrics, run=result.run_dir))
-                typer.echo(f"results: {result.test_metrics.get('json')}")
+            record = result.test_metrics
+            if record and not record.get("metrics"):
+                _end_without_ground_truth(result.run_dir, record)
+            elif record:
+                typer.echo(format_results(record, run=result.run_dir))
+                typer.echo(f"results: {record.get('json')}")
             else:
                 typer.echo(f"run folder: {result.run_dir} (no test split evaluated)")
+
+
+def _end_without_ground_truth(run_dir: Path, record: dict) -> None:
+    """A test split without ground truth (CIRR test1): the selection split's table with the
+    best checkpoint, then where the test-server files are and how to score them."""
+    from featvlr.evaluate import run_eval, submission_guide
+    from featvlr.evaluation.results import format_results
+
+    config = record.get("config") or {}
+    select = (config.get("train") or {}).get("select_split") or "dev"
+    test = (record.get("protocol") or {}).get("split") or (config.get("data") or {}).get("test_split")
+    cache = (config.get("data") or {}).get("cache")
+    selection = run_eval(run_dir, split=select, print_table=False)
+    typer.echo(format_results(selection, run=run_dir))
+    typer.echo(f"results: {selection['json']}")
+    files = sorted(str(p) for p in (run_dir / "eval" / "submission").glob(f"*_{test}.json"))
+    if files:
+        for line in submission_guide(files, test, cache):
+            typer.echo(line)
+    else:
+        typer.echo(f"split {test} has no ground truth (no metrics); its record: {record.get('json')}")

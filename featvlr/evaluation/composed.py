@@ -230,6 +230,50 @@ def write_cirr_submission(out_dir: str | Path, recall: dict[str, Any], subset: d
     return paths
 
 
+CIRR_SERVER = "https://cirr.cecs.anu.edu.au/test_process/"
+
+
+def subset_submission_path(recall_path: str | Path) -> Path:
+    """``recall_subset_submission_<name>.json`` beside ``recall_submission_<name>.json``."""
+    path = Path(recall_path)
+    if not path.name.startswith("recall_submission_"):
+        raise InputError(path, "expected a recall_submission_<split>.json file (the one featvlr eval writes)")
+    return path.with_name("recall_subset_" + path.name[len("recall_"):])
+
+
+def score_cirr_submission(recall_path: str | Path, truth_path: str | Path) -> dict[str, float]:
+    """Score the two CIRR test-server files against a truth file (a JSON list of ``{"pairid",
+    "target"}`` records, as the demo's ``truth/cirr_<split>_edits.json``), as the server does:
+    ``composed/R@1/5/10/50`` from the top-50 list, ``composed/Rsubset@1/2/3`` from the subset
+    list, and their means."""
+    recall_path, truth_path = Path(recall_path), Path(truth_path)
+    subset_path = subset_submission_path(recall_path)
+    files = {}
+    for path in (recall_path, subset_path, truth_path):
+        if not path.is_file():
+            raise InputError(path, "no such file")
+        try:
+            files[path] = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"not valid JSON ({exc})") from None
+    recall, subset, truth = files[recall_path], files[subset_path], files[truth_path]
+    if not (isinstance(truth, list) and all(isinstance(t, dict) and "pairid" in t and "target" in t for t in truth)):
+        raise InputError(truth_path, "expected a JSON list of {\"pairid\", \"target\"} records")
+    if not truth:
+        raise InputError(truth_path, "holds no pairs")
+    res: dict[str, float] = {}
+    for name, listed, ks in ((recall_path, recall, (1, 5, 10, 50)), (subset_path, subset, (1, 2, 3))):
+        missing = [str(t["pairid"]) for t in truth if str(t["pairid"]) not in listed]
+        if missing:
+            raise InputError(name, f"has no ranking for {len(missing)} of the {len(truth)} pairs of {truth_path.name} "
+                                   f"(first: pair {missing[0]})")
+        for k in ks:
+            hits = [t["target"] in listed[str(t["pairid"])][:k] for t in truth]
+            res[("R@" if listed is recall else "Rsubset@") + str(k)] = 100.0 * float(np.mean(hits))
+    res.update(_cirr_means(res))
+    return {f"composed/{k}": v for k, v in res.items()}
+
+
 def evaluate_composed_split(query_emb: Any, gallery_emb: Any, split: StoreSplit, *, protocol: str = "auto",
                             chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, curves: dict[str, list[float]] | None = None,
                             submission_dir: str | Path | None = None,
