@@ -41,6 +41,7 @@ from featvlr import distributed as dist_utils
 from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from featvlr.config import Config, config_to_dict, save_config
 from featvlr.errors import ConfigError, FeatvlrError, InputError, Interrupted
+from featvlr.evaluation.geometry import collapse_warning
 from featvlr.fileio import remove_stale_partials
 from featvlr.interrupts import Signalled, StopSignals, interrupted, signal_of
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
@@ -66,6 +67,7 @@ class TrainResult:
     test_metrics: dict[str, Any] = field(default_factory=dict)
     epochs_run: int = 0
     stopped_early: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 EpochHook = Callable[[int, dict[str, Any]], "bool | None"]
@@ -217,6 +219,25 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     return result
 
 
+def run_warnings(active: dict[str, bool], best_metrics: dict[str, Any], select_split: str, steps: int) -> list[str]:
+    """What a reader of this run's numbers must know: loss terms (and ``*_on`` switches) that
+    were zero at every step, and a collapsed embedding space at the chosen checkpoint."""
+    out = [f"{name} was zero at every one of the run's {steps} steps: the term never acted (a warm-up or "
+           "switch-on point past the end of the run?), so this run is not the method it names"
+           for name, on in sorted(active.items()) if not on]
+    collapsed = collapse_warning(best_metrics)
+    if collapsed:
+        out.append(f"at the selected checkpoint ({select_split} split) {collapsed}")
+    return out
+
+
+def _geometry_note(metrics: dict[str, Any]) -> str:
+    img, txt = metrics.get("geometry/img_cos"), metrics.get("geometry/txt_cos")
+    if img is None or txt is None:
+        return ""
+    return f", cos img {img:.2f} txt {txt:.2f}" + (" (collapsed)" if collapse_warning(metrics) else "")
+
+
 def _agreed(flag: bool, distributed: bool, device: torch.device) -> bool:
     """``flag`` or any other rank's (a collective: every rank calls it at the same point)."""
     if not distributed:
@@ -279,6 +300,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     start_epoch, step, best_value, best_epoch, best_metrics = 0, 0, -math.inf, -1, {}
+    active: dict[str, bool] = {}  # per loss term (and "*_on" switch): non-zero at some step of this run
     if ckpt is not None:
         check_state_dict(method, ckpt["model"], run_dir / "ckpt" / "last.pt")
         method.load_state_dict(ckpt["model"])
@@ -289,6 +311,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
         best_value = float(ckpt["best_value"])
         best_epoch = int(ckpt["best_epoch"])
         best_metrics = dict(ckpt.get("best_metrics", {}))
+        active = {str(k): bool(v) for k, v in dict(ckpt.get("active_terms", {})).items()}
         set_rng_state(ckpt["rng"])
 
     model: torch.nn.Module = method
@@ -319,7 +342,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
             "model": method.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": epoch_done, "step": step, "best_value": best_value, "best_epoch": best_epoch,
-            "best_metrics": best_metrics, "rng": rng_state(),
+            "best_metrics": best_metrics, "rng": rng_state(), "active_terms": dict(active),
         }
 
     from featvlr.data import BatchStream
@@ -381,6 +404,8 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
             values["loss"] = float(total.detach())
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
+                if k.endswith(("_loss", "_on")):
+                    active[k] = active.get(k, False) or v != 0.0
             rate = items / max(1e-9, time.perf_counter() - t0)
             bar.update(1, loss=values["loss"], items_s=rate)
             if is_main and (step % tr.log_every == 0 or b == steps_per_epoch - 1):
@@ -409,6 +434,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
             logger.log(record)
             logger.echo(f"epoch {epoch + 1}: loss {record.get('train_loss', float('nan')):.4f}"
                         + (f", {select_split} {select_key} {metrics[select_key]:.2f}" if metrics else "")
+                        + _geometry_note(metrics)
                         + f" ({record['items_per_s']:.0f} items/s, waited {stream.wait_s:.1f} s"
                         f" of {epoch_time:.1f} s for data)")
         wants_stop = bool(is_main and on_epoch_end is not None and on_epoch_end(epoch + 1, record))
@@ -420,7 +446,12 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
 
     epochs_done = epoch + 1 if stopped_early else tr.epochs
     result = TrainResult(run_dir=run_dir, best_metrics=best_metrics, best_epoch=best_epoch,
-                         epochs_run=epochs_done - start_epoch, stopped_early=stopped_early)
+                         epochs_run=epochs_done - start_epoch, stopped_early=stopped_early,
+                         warnings=run_warnings(active, best_metrics, select_split, step))
+    if is_main:
+        for message in result.warnings:
+            logger.log({"event": "warning", "message": message})
+            logger.echo(f"warning: {message}")
     if is_main and stopped_early:
         logger.log({"event": "stopped_early", "epoch": epochs_done})
         logger.echo(f"stopped after epoch {epochs_done} by the epoch hook; no test evaluation")
@@ -434,7 +465,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
 
             result.test_metrics = write_eval(method, task, task.eval_split(store, cfg.data.test_split), cfg, device,
                                              run_dir / "eval" / f"{cfg.data.test_split}.json",
-                                             checkpoint=run_dir / "ckpt" / "best.pt")
+                                             checkpoint=run_dir / "ckpt" / "best.pt", warnings=result.warnings)
             logger.log({"event": "test", **flatten_numbers(result.test_metrics, sep="/", scalars_only=True)})
     logger.close()
     return result

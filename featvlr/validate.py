@@ -31,16 +31,24 @@ def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, devi
 
 
 def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
-               checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate every configured scenario on ``split``; write the results JSON and plots at ``path``."""
+               checkpoint: str | Path | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate every configured scenario on ``split``; write the results JSON and plots at ``path``.
+
+    ``warnings`` (the trainer's, :func:`featvlr.train.run_warnings`) are recorded with the
+    results (``"warnings"``), together with a collapse warning of this split's own geometry."""
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     with torch.no_grad():
         metrics = task.evaluate(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
                                 submission_dir=Path(path).parent / "submission")
+    from featvlr.evaluation.geometry import collapse_warning
     from featvlr.provenance import config_hash
 
+    notes = [w for w in (warnings or []) if "selected checkpoint" not in w]
+    collapsed = collapse_warning(metrics)
+    notes += [f"on the {split.name} split {collapsed}"] if collapsed else []
     record = write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
-                           seconds=time.perf_counter() - t0, checkpoint=checkpoint, config_sha256=config_hash(cfg))
+                           seconds=time.perf_counter() - t0, checkpoint=checkpoint, config_sha256=config_hash(cfg),
+                           extra={"warnings": notes} if notes else None)
     task.after_final_eval(method, split, cfg, device, Path(path).parent)
     return record

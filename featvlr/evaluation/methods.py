@@ -13,6 +13,7 @@ import torch
 from featvlr.errors import FeatvlrError
 from featvlr.evaluation.cross_modal import evaluate_cross_modal
 from featvlr.evaluation.embed import embed_split
+from featvlr.evaluation.geometry import embedding_geometry
 from featvlr.evaluation.options import CROSS_MODAL, EvalOptions, parse_scenarios
 from featvlr.fileio import atomic_path
 from featvlr.retrieval import EmbeddingScores, group_positives, ranks
@@ -61,12 +62,22 @@ def evaluate_cross_modal_method(method: Any, split: Any, scenarios: str | Sequen
     if plan is not None:
         if plan.get("shortlist") is not None and chosen is None:
             chosen = list(CROSS_MODAL)
-        return evaluate_cross_modal(plan["images"], plan["texts"], split, chosen, opts.folds,
-                                    shortlist=plan.get("shortlist"), rerank_fn=plan.get("rerank_fn"), **common)
+        metrics = evaluate_cross_modal(plan["images"], plan["texts"], split, chosen, opts.folds,
+                                       shortlist=plan.get("shortlist"), rerank_fn=plan.get("rerank_fn"), **common)
+        return _with_geometry(metrics, plan["images"], plan["texts"], split, opts)
     if method.pairwise or isinstance(images, dict):
         return evaluate_cross_modal(images, texts, split, chosen or list(CROSS_MODAL), opts.folds,
                                     score_fn=pairwise_score_fn(method, images, texts), **common)
-    return evaluate_cross_modal(images, texts, split, chosen, opts.folds, **common)
+    return _with_geometry(evaluate_cross_modal(images, texts, split, chosen, opts.folds, **common),
+                          images, texts, split, opts)
+
+
+def _with_geometry(metrics: dict[str, float], images: Any, texts: Any, split: Any,
+                   options: EvalOptions) -> dict[str, float]:
+    """Add the global embeddings' geometry (:mod:`featvlr.evaluation.geometry`) to ``metrics``."""
+    if isinstance(images, torch.Tensor) and isinstance(texts, torch.Tensor) and options.geometry:
+        metrics.update(embedding_geometry(images, texts, split.image_index(), block=options.geometry_block))
+    return metrics
 
 
 def save_query_ranks(method: Any, split: Any, options: EvalOptions, device: Any, path: str | Path) -> Path:

@@ -97,6 +97,9 @@ class EvalOptions:
             from ``dataset``, else from the split's arrays
             (:func:`featvlr.evaluation.composed.resolve_composed_protocol`).
         dataset: the run's ``data.dataset`` ("" when unknown).
+        geometry: add the embedding geometry (:mod:`featvlr.evaluation.geometry`) of
+            global-embedding methods; geometry_block: its batch size (the run's
+            ``train.batch_size``).
     """
 
     folds: tuple[int, ...] = (1,)
@@ -113,6 +116,8 @@ class EvalOptions:
     max_tokens: int = 0
     composed_protocol: str = "auto"
     dataset: str = ""
+    geometry: bool = True
+    geometry_block: int = 128
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -137,6 +142,7 @@ class EvalOptions:
             chunk_elements=int(getattr(ev, "chunk_elements", DEFAULT_CHUNK_ELEMENTS)),
             max_tokens=int(getattr(data, "max_tokens", 0) or 0),
             dataset=str(getattr(data, "dataset", "") or ""),
+            geometry_block=int(getattr(getattr(config, "train", None), "batch_size", 128) or 128),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

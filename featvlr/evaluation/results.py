@@ -151,7 +151,8 @@ def format_results(record: dict[str, Any], run: str | Path | None = None) -> str
         parts.append(f"run {run}")
     if inputs.get("members"):
         parts.append("ensemble of " + ", ".join(str(run_name(m.get("path"))) for m in inputs["members"]))
-    return " · ".join(parts) + "\n" + format_table(record.get("metrics") or {})
+    text = " · ".join(parts) + "\n" + format_table(record.get("metrics") or {})
+    return text + "".join(f"\nwarning: {w}" for w in record.get("warnings") or [])
 
 
 def run_name(path: str | Path | None) -> str | None:
