@@ -50,7 +50,7 @@ def make_covlr(seed: int = 0, **loss) -> CoVLR:
     torch.manual_seed(seed)
     cls = get_method("covlr")
     model = cls.ModelOptions(embed_dim=8, pooling="mean", text_head="linear")
-    opts = {"alpha": 0.3, "beta": 0.7, "structure_temperature": 0.5, **loss}
+    opts = {"alpha": 0.3, "beta": 0.7, "structure_temperature": 0.5, "virtual_step": "sum", **loss}
     return cls(model, cls.LossOptions(**opts), DIMS).double()
 
 
@@ -126,29 +126,42 @@ def ref_meta_test(p, batch, tau, match, exclude_positives=False):
 
 
 def reference_grads(method: CoVLR, batch, *, alpha, beta, tau, match, virtual, second_order=True,
-                    exclude_positives=False):
-    """grad of L_cm(theta) + beta * L_mt(theta - alpha * grad L_cm(theta)) by plain autograd."""
+                    exclude_positives=False, step="sum"):
+    """grad of L_cm(theta) + beta * L_mt(theta - delta) by plain autograd, delta =
+    alpha * grad L_cm(theta) ("sum"), alpha * grad L_cm / 2B ("mean") or the normalised step."""
     theta = {n: p.detach().clone().requires_grad_(True) for n, p in method.encoders.named_parameters()}
     v, t = ref_towers(theta, batch)
     l_cm = ref_hinge(v, t, batch["image_ids"])
     names = [n for n in theta if n in virtual]
     g = torch.autograd.grad(l_cm, [theta[n] for n in names], create_graph=second_order, retain_graph=True)
     fast = dict(theta)
-    fast.update({n: theta[n] - alpha * gi for n, gi in zip(names, g)})
+    if step == "normalized":
+        # |theta| is the step's scale, a constant; the direction g / |g| is differentiated
+        theta_norm = torch.sqrt(sum((theta[n].detach() ** 2).sum() for n in names))
+        factor = alpha * theta_norm / torch.sqrt(sum((gi ** 2).sum() for gi in g))
+    elif step == "mean":
+        factor = alpha / (2 * len(batch["image_ids"]))
+    else:
+        factor = alpha
+    fast.update({n: theta[n] - factor * gi for n, gi in zip(names, g)})
     total = l_cm + beta * ref_meta_test(fast, batch, tau, match, exclude_positives)
     grads = torch.autograd.grad(total, list(theta.values()), allow_unused=True)
     return {n: gr for n, gr in zip(theta, grads)}, theta, names
 
 
-@pytest.mark.parametrize("virtual,match,exclude_positives", [
-    (["all"], "kl", False), (["text_proj", "image_proj.mlp_out"], "mse", False), (["heads"], "kl", True)])
-def test_outer_gradient_matches_plain_autograd_second_order(virtual, match, exclude_positives):
+@pytest.mark.parametrize("virtual,match,exclude_positives,step,log_cosine", [
+    (["all"], "kl", False, "sum", True), (["text_proj", "image_proj.mlp_out"], "mse", False, "sum", False),
+    (["heads"], "kl", True, "sum", True), (["all"], "kl", False, "normalized", True),
+    (["all"], "mse", False, "mean", False), (["heads"], "kl", False, "normalized", False)])
+def test_outer_gradient_matches_plain_autograd_second_order(virtual, match, exclude_positives, step, log_cosine):
     batch = make_batch()
-    method = make_covlr(virtual_params=virtual, match=match, exclude_positives=exclude_positives)
+    alpha = 0.05 if step == "normalized" else 0.3
+    method = make_covlr(virtual_params=virtual, match=match, exclude_positives=exclude_positives,
+                        virtual_step=step, alpha=alpha, log_meta_cosine=log_cosine)
     got = method_grads(method, batch)
     names = method.virtual_names
-    want, _, _ = reference_grads(method, batch, alpha=0.3, beta=0.7, tau=0.5, match=match, virtual=names,
-                                 exclude_positives=exclude_positives)
+    want, _, _ = reference_grads(method, batch, alpha=alpha, beta=0.7, tau=0.5, match=match, virtual=names,
+                                 exclude_positives=exclude_positives, step=step)
     for n, w in want.items():
         assert torch.allclose(got[f"encoders.{n}"], w, atol=1e-9, rtol=1e-7), n
 
@@ -175,6 +188,62 @@ def test_first_order_differs_exactly_by_the_second_order_term():
         term = torch.zeros_like(theta[n]) if h is None else -0.3 * 0.7 * h
         key = f"encoders.{n}"
         assert torch.allclose(so[key] - fo[key], term, atol=1e-9, rtol=1e-6), n
+
+
+def _dup(batch):
+    """The batch twice over (same image ids): every anchor's hardest negative is unchanged."""
+    return {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) and v.ndim else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("step", ["normalized", "mean", "sum"])
+def test_virtual_step_size_does_not_depend_on_the_batch_size(step):
+    """The same data at twice the batch size: the summed hinge doubles, and with it a plain SGD
+    step; the normalised and the mean-reduced steps stay where they were."""
+    batch = make_batch()
+    sizes = {}
+    for name, b in (("single", batch), ("double", _dup(batch))):
+        method = make_covlr(virtual_step=step, alpha=0.05)
+        out = method(b, STATE)
+        sizes[name] = (out["virtual_step_norm"].item(), out["virtual_step_rel"].item())
+    if step == "sum":
+        assert sizes["double"][0] == pytest.approx(2 * sizes["single"][0], rel=1e-6)
+    else:
+        assert sizes["double"][0] == pytest.approx(sizes["single"][0], rel=1e-6)
+        assert sizes["double"][1] == pytest.approx(sizes["single"][1], rel=1e-6)
+    if step == "normalized":
+        assert sizes["single"][1] == pytest.approx(0.05, rel=1e-6)  # alpha is the size relative to theta
+
+
+def test_no_virtual_step_in_the_hinge_warmup_unless_asked():
+    batch = make_batch()
+    warm = StepState(epoch=0)
+    out = make_covlr(virtual_step="normalized", alpha=0.05)(batch, warm)
+    assert out["virtual_step_norm"].item() == 0.0 and out["meta_plain_cosine"].item() == pytest.approx(1.0)
+    out = make_covlr(virtual_step="normalized", alpha=0.05, meta_during_warmup=True)(batch, warm)
+    assert out["virtual_step_rel"].item() == pytest.approx(0.05, rel=1e-6)
+    # in the warm-up the meta-loss is the structure term at theta: beta * grad L_mt(theta)
+    method = make_covlr(virtual_step="normalized", alpha=0.05)
+    method.zero_grad()
+    out = method(batch, warm)
+    out["meta_loss"].backward()
+    theta = {n: p.detach().clone().requires_grad_(True) for n, p in method.encoders.named_parameters()}
+    want = torch.autograd.grad(0.7 * ref_meta_test(theta, batch, 0.5, "kl"), list(theta.values()), allow_unused=True)
+    for (n, p), w in zip(method.encoders.named_parameters(), want):
+        assert torch.allclose(p.grad, torch.zeros_like(p) if w is None else w, atol=1e-9), n
+
+
+def test_meta_gradient_differs_from_plain_structure_gradient_after_warmup():
+    """After the warm-up, a normalised step of a few percent of the weights turns the meta
+    gradient away from the plain structure gradient (what makes the meta-step more than a
+    weighted structure term); a plain SGD step on the summed hinge at the earlier alpha leaves
+    them parallel."""
+    batch = make_batch(n=12, seed=3)
+    out = make_covlr(virtual_step="normalized", alpha=0.05)(batch, STATE)
+    assert out["meta_plain_cosine"].item() < 0.999
+    out = make_covlr(virtual_step="sum", alpha=1e-5)(batch, STATE)
+    assert out["meta_plain_cosine"].item() > 0.999
+    for key in ("meta_plain_cosine", "virtual_step_rel", "meta_grad_norm", "plain_grad_norm"):
+        assert out[key].numel() == 1 and not key.endswith("_loss")
 
 
 def test_beta_zero_is_vse():
