@@ -74,26 +74,45 @@ def is_terminal(stream: Any) -> bool:
         return False
 
 
+def check_tensorboard(asked_by: str) -> None:
+    """Raise a one-line :class:`~featvlr.errors.ConfigError` naming ``asked_by`` (the option or
+    config key) when the optional TensorBoard package is not installed."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        from featvlr.errors import ConfigError
+
+        raise ConfigError(f"{asked_by}: TensorBoard is not installed (pip install 'featvlr[tensorboard]')") from None
+
+
 class RunLogger:
     """Appends one JSON object per line to ``<run_dir>/log.jsonl`` (with a wall-clock ``time``),
-    mirrors numeric values to TensorBoard when asked, and prints short epoch lines."""
+    mirrors numeric values to TensorBoard when asked (``<run_dir>/tensorboard``: every numeric
+    field of each step and epoch record, tagged ``step/<key>`` and ``epoch/<key>`` at the
+    global step), and prints short epoch lines. An epoch record without ``lr`` gets the
+    ``lr`` of the epoch's last step record: the rate after its last scheduler step, the one
+    the next step uses."""
 
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False, quiet: bool = False):
+        self._lr: float | None = None
         self.enabled = enabled
         self.quiet = quiet
         self.path = Path(run_dir) / "log.jsonl"
         self.tb = None
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:  # tensorboard is an optional extra
-                raise ImportError("train.tensorboard=true needs `pip install featvlr[tensorboard]`") from exc
+            check_tensorboard("train.tensorboard=true")
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
+        if record.get("event") == "step" and isinstance(record.get("lr"), (int, float)):
+            self._lr = float(record["lr"])
+        elif record.get("event") == "epoch" and "lr" not in record and self._lr is not None:
+            record["lr"] = self._lr  # the rate after the epoch's last scheduler step
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=float) + "\n")

@@ -216,3 +216,60 @@ def test_eval_scores_a_submission_against_a_truth_file(cli, tmp_path):
                            "(first: pair 3)")
     code, out, err = cli("eval", "--submission", sub)
     assert code == 2 and err.startswith("featvlr: error: --submission and --truth go together")
+
+
+# -- featvlr train --log-to tensorboard -------------------------------------------------------
+
+def _tiny_config(tmp_path, cache) -> Path:
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "method": "vse", "data": {"cache": str(cache), "dataset": "synthetic", "test_split": ""},
+        "model": {"embed_dim": 16},
+        "train": {"epochs": 3, "batch_size": 32, "progress": False, "log_every": 1, "schedule": "step",
+                  "lr_steps": [2]}}))
+    return config
+
+
+def test_train_log_to_tensorboard_writes_every_numeric_epoch_field(cli, tmp_path):
+    pytest.importorskip("tensorboard")
+    from synthetic import write_synthetic_cache
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from featvlr.runlog import read_log
+
+    cache = write_synthetic_cache(tmp_path / "syn.h5", n_images=(32, 8, 8))
+    code, out, err = cli("train", "--config", _tiny_config(tmp_path, cache), "--out", tmp_path / "run",
+                         "--log-to", "tensorboard")
+    assert code == 0, err
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    epochs = [r for r in read_log(tmp_path / "run") if r.get("event") == "epoch"]
+    assert len(epochs) == 3
+    numeric = {k for r in epochs for k, v in r.items() if isinstance(v, (int, float)) and k not in ("time", "step",
+                                                                                                    "epoch")}
+    assert {"lr", "train_loss", "dev/rsum", "items_per_s", "data_wait_s"} <= numeric
+    assert {f"epoch/{k}" for k in numeric} <= tags
+    lrs = [e.value for e in events.Scalars("epoch/lr")]
+    # the rate at the end of each epoch, after its last scheduler step (lr_steps [2]: epoch 2's end starts the decay)
+    assert lrs == pytest.approx([r["lr"] for r in epochs])
+    assert lrs == pytest.approx([5e-4, 5e-5, 5e-5])
+    assert [e.step for e in events.Scalars("epoch/dev/rsum")] == [r["step"] for r in epochs]
+
+
+@pytest.mark.parametrize("value, first_line", [
+    ("wandb", "featvlr: error: --log-to: expected tensorboard or jsonl, got 'wandb'"),
+    ("tensorboard", "featvlr: error: --log-to tensorboard: TensorBoard is not installed "
+                    "(pip install 'featvlr[tensorboard]')"),
+])
+def test_train_log_to_bad_value_or_missing_extra(cli, tmp_path, monkeypatch, value, first_line):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the extra were not installed
+    code, out, err = cli("train", "--config", _tiny_config(tmp_path, tmp_path / "none.h5"), "--out",
+                         tmp_path / "run", "--log-to", value)
+    assert code == 2
+    assert err.strip() == first_line
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,10 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Run folder [default: runs/<config name>]."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from ckpt/last.pt."),
+        log_to: Optional[List[str]] = typer.Option(
+            None, "--log-to", help="Also log to: tensorboard (every numeric field of each step and epoch "
+                                   "record, learning rate included, under <run>/tensorboard; needs the "
+                                   "tensorboard extra). log.jsonl is always written. Repeatable or a comma list."),
         progress: Optional[bool] = typer.Option(
             None, "--progress/--no-progress", help="Progress bar per epoch (plain lines when the output is not a "
                                                    "terminal) [default: the config's train.progress]."),
@@ -29,6 +33,16 @@ def register(app: typer.Typer) -> None:
         from featvlr.runs import train_from_files
 
         sets = list(overrides or [])
+        for target in [t.strip() for value in log_to or [] for t in value.split(",") if t.strip()]:
+            if target == "tensorboard":
+                from featvlr.runlog import check_tensorboard
+
+                check_tensorboard("--log-to tensorboard")
+                sets.append("train.tensorboard=true")
+            elif target != "jsonl":
+                from featvlr.errors import ConfigError
+
+                raise ConfigError(f"--log-to: expected tensorboard or jsonl, got {target!r}")
         if progress is not None:
             sets.append(f"train.progress={str(progress).lower()}")
         result = train_from_files(config, sets, out, resume=resume)
