@@ -28,6 +28,7 @@ import yaml
 
 from featvlr.config import Config, load_config, parse_override, read_yaml
 from featvlr.errors import ConfigError
+from featvlr.tuning.space import split_commas
 
 
 @dataclass
@@ -65,33 +66,19 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """
     grid: dict[str, list[Any]] = {}
     for item in items:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"--grid expects key=v1,v2,... (e.g. --grid method=vse,hrem), got {item!r}")
         key, raw = parse_override(item)
         if not isinstance(raw, str):  # a single YAML value (number, bool, list)
             raw_values = [raw]
         else:
-            raw_values = [yaml.safe_load(v) if v.strip() else "" for v in _split_commas(raw)]
+            raw_values = [yaml.safe_load(v) if v.strip() else "" for v in split_commas(raw)]
         if key in grid:
             raise ConfigError(f"--grid {key} given twice")
         if not raw_values:
             raise ConfigError(f"--grid {key} has no values")
         grid[key] = raw_values
     return grid
-
-
-def _split_commas(text: str) -> list[str]:
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    out.append(cur)
-    return [s.strip() for s in out]
 
 
 def _fmt_value(value: Any) -> str:
@@ -118,7 +105,7 @@ def plan_runs(config: str | Path, grid: dict[str, list[Any]], seeds: list[int], 
         for seed in seeds:
             overrides = list(extra or []) + [f"{k}={_fmt_value(v)}" for k, v in values.items()] + [f"train.seed={seed}"]
             try:
-                cell_base = base_for_method(base, values.get("method"))
+                cell_base = base_for_method(base, values.get("method"), config)
                 cfg = load_config(None, overrides, base=cell_base)
             except ConfigError as exc:
                 raise ConfigError(f"{config}: grid cell {variant_name(values)}: {exc}") from None
@@ -126,11 +113,30 @@ def plan_runs(config: str | Path, grid: dict[str, list[Any]], seeds: list[int], 
     return runs
 
 
-def base_for_method(base: dict[str, Any], method: Any) -> dict[str, Any]:
-    """The base config for a grid cell that switches ``method``: the base's ``model`` and
-    ``loss`` values that the new method also has are kept (``embed_dim``, ``margin``, ...),
-    the others (e.g. ``vse``'s ``pooling`` under ``hrem``) fall back to the new method's
-    defaults. Values the grid itself sets are still validated strictly."""
+def method_sibling(config: str | Path | None, base: dict[str, Any], method: str) -> Path | None:
+    """The same dataset's config of ``method`` beside ``config``: ``configs/demo_hrem.yaml`` for
+    ``configs/demo_vse.yaml`` and ``hrem``; None when the name does not follow that pattern or
+    the file is missing."""
+    if config is None:
+        return None
+    path = Path(config)
+    suffix = f"_{base.get('method', 'vse')}"
+    if not path.stem.endswith(suffix):
+        return None
+    sibling = path.with_name(f"{path.stem[:-len(suffix)]}_{method}{path.suffix}")
+    return sibling if sibling.is_file() else None
+
+
+def base_for_method(base: dict[str, Any], method: Any, config: str | Path | None = None) -> dict[str, Any]:
+    """The base config for a grid cell that switches ``method``.
+
+    When the same dataset's config of that method lies beside ``config`` (``demo_hrem.yaml``
+    beside ``demo_vse.yaml``), its ``model`` and ``loss`` sections are the method's recipe for
+    this dataset (warm-ups and switch-on points sized to it, e.g. HREM's
+    ``graph_warmup_steps``); ``data``, ``train`` and ``eval`` stay the base's, so every cell
+    has the same data and budget. Otherwise the base's ``model`` and ``loss`` values that the
+    new method also has are kept (``embed_dim``, ``margin``, ...) and the others fall back to
+    the new method's defaults. Values the grid itself sets are still validated strictly."""
     import copy
     import dataclasses
 
@@ -138,6 +144,13 @@ def base_for_method(base: dict[str, Any], method: Any) -> dict[str, Any]:
 
     base = copy.deepcopy(base)
     if not isinstance(method, str) or method == base.get("method", "vse"):
+        return base
+    sibling = method_sibling(config, base, method)
+    if sibling is not None:
+        own = read_yaml(sibling)
+        base["method"] = method
+        for section in ("model", "loss"):
+            base[section] = copy.deepcopy(own.get(section) or {})
         return base
     cls = get_method(method)
     for section, options in (("model", cls.ModelOptions), ("loss", cls.LossOptions)):
@@ -147,28 +160,36 @@ def base_for_method(base: dict[str, Any], method: Any) -> dict[str, Any]:
     return base
 
 
-def _run_one(run: PlannedRun) -> dict[str, Any]:
-    """Train one cell; a run that fails (a diverged learning rate, say) is recorded, not fatal."""
+def _run_one(run: PlannedRun, label: str | None = None) -> dict[str, Any]:
+    """Train one cell; a run that fails (a diverged learning rate, say) is recorded, not fatal.
+    Its training lines on stderr start with ``[label]`` (default: the variant and seed)."""
     from featvlr.errors import FeatvlrError
     from featvlr.train import train
+    from featvlr.tuning.progress import named_progress
 
     if run.finished():
         return {"run_dir": str(run.run_dir), "status": "skipped"}
     resume = (run.run_dir / "ckpt" / "last.pt").exists()
     try:
-        train(run.config, run.run_dir, resume=resume)
+        with named_progress(label or f"{run.variant} seed{run.seed}"):
+            train(run.config, run.run_dir, resume=resume)
     except FeatvlrError as exc:
         return {"run_dir": str(run.run_dir), "status": "failed", "error": str(exc)}
     return {"run_dir": str(run.run_dir), "status": "resumed" if resume else "trained"}
 
 
-def _worker(runs: list[PlannedRun], threads: int, gpu: int | None) -> list[dict[str, Any]]:
+def _worker(runs: list[PlannedRun], out: Path, url: str, heartbeat_s: float, threads: int | None,
+            gpu: int | None) -> list[dict[str, Any]]:
+    """One worker of the ablation's study (in this process, or one of ``jobs`` processes)."""
     import torch
+
+    from featvlr.tuning.grid import work_on_grid
 
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    torch.set_num_threads(max(1, threads))
-    return [_run_one(r) for r in runs]
+    if threads:
+        torch.set_num_threads(max(1, threads))
+    return work_on_grid(runs, out, url, heartbeat_s=heartbeat_s, run_one=_run_one)
 
 
 def default_jobs() -> int:
@@ -182,32 +203,50 @@ def default_jobs() -> int:
 
 def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], out: str | Path, *,
                  jobs: int | None = None, extra: list[str] | None = None, report: bool = True,
-                 progress: bool = False) -> dict[str, Any]:
-    """Plan, run (skipping finished runs) and report; returns statuses and report paths."""
+                 progress: bool = False, storage: str | None = None, heartbeat_s: float | None = None
+                 ) -> dict[str, Any]:
+    """Plan, run (skipping finished runs) and report; returns statuses and report paths.
+
+    The cells are the points of an Optuna grid study (``<out>/study.db``, or ``storage``):
+    ``jobs`` processes here, and any other worker running the same command with the same
+    ``storage``, each take the next cell no one has; a worker whose cells are done waits for
+    the cells others are training, so that every worker ends with the whole report."""
+    from featvlr.tuning.storage import DEFAULT_HEARTBEAT_S, default_url, open_storage
+
     grid = parse_grid(grid_items)
     runs = plan_runs(config, grid, seeds, out, (extra or []) + [f"train.progress={str(progress).lower()}"])
     out = Path(out)
+    url = storage or default_url(out)
+    heartbeat_s = heartbeat_s or DEFAULT_HEARTBEAT_S
+    if storage:
+        open_storage(url, heartbeat_s=heartbeat_s)  # an unreachable storage stops here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.yaml").write_text(yaml.safe_dump({
         "config": str(config), "grid": grid, "grid_keys": list(grid), "seeds": seeds, "extra": list(extra or []),
-        "runs": [str(r.run_dir.relative_to(out)) for r in runs]}, sort_keys=False), encoding="utf-8")
+        "runs": [str(r.run_dir.relative_to(out)) for r in runs], "storage": url}, sort_keys=False),
+        encoding="utf-8")
     jobs = jobs or default_jobs()
     todo = [r for r in runs if not r.finished()]
-    statuses = [{"run_dir": str(r.run_dir), "status": "skipped"} for r in runs if r.finished()]
-    if jobs <= 1 or len(todo) <= 1:
-        statuses += [_run_one(r) for r in todo]
-    else:
+    statuses = {str(r.run_dir): {"run_dir": str(r.run_dir), "status": "skipped"} for r in runs if r not in todo}
+    if todo and (jobs <= 1 or len(todo) <= 1):
+        for s in _worker(runs, out, url, heartbeat_s, None, None):
+            statuses[s["run_dir"]] = s
+    elif todo:
         import torch
 
         n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        shares = [todo[i::jobs] for i in range(jobs)]
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, share, threads, (i % n_gpu) if n_gpu else None)
-                       for i, share in enumerate(shares) if share]
+            futures = [pool.submit(_worker, runs, out, url, heartbeat_s, threads, (i % n_gpu) if n_gpu else None)
+                       for i in range(min(jobs, len(todo)))]
             for f in futures:
-                statuses += f.result()
-    result: dict[str, Any] = {"runs": statuses}
+                for s in f.result():
+                    statuses[s["run_dir"]] = s
+    for r in runs:  # trained by a worker elsewhere (another process or machine on the same study)
+        if str(r.run_dir) not in statuses:
+            statuses[str(r.run_dir)] = {"run_dir": str(r.run_dir),
+                                        "status": "trained elsewhere" if r.finished() else "not finished"}
+    result: dict[str, Any] = {"runs": [statuses[str(r.run_dir)] for r in runs]}
     if report:
         from featvlr.report import write_report
 
@@ -218,4 +257,4 @@ def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], ou
     return result
 
 
-__all__ = ["PlannedRun", "parse_grid", "plan_runs", "run_ablation", "variant_name", "default_jobs"]
+__all__ = ["PlannedRun", "parse_grid", "plan_runs", "run_ablation", "split_commas", "variant_name", "default_jobs"]

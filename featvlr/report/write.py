@@ -56,6 +56,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str |
         if not data.changes:
             data.notes.append("No per-query ranks (eval/<split>_ranks.npz) for the baseline and the best variant: "
                               "the query-level comparison and the p-values need them.")
+    data.notes.extend(run_warnings(variants))
     plot_keys = [k for k in grid_keys + list(vs or []) if k]
     plot_keys = [k for i, k in enumerate(plot_keys) if k not in plot_keys[:i]]
     for key in plot_keys:
@@ -72,3 +73,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str |
             "plots": data.plots, "baseline": base.label, "variants": [v.label for v in variants],
             "p_values": data.p_values, "headline": headline,
             "table": {k: {m: list(v) for m, v in row.items()} for k, row in table.items()}}
+
+
+def run_warnings(variants: list[Any]) -> list[str]:
+    """The trainer's warnings of every run (a collapsed embedding space, a loss term that never
+    acted; ``warning`` events of its log), one note per variant and message, naming the seeds."""
+    notes: dict[tuple[str, str], list[str]] = {}
+    for variant in variants:
+        for run in variant.runs:
+            for event in run.log:
+                if event.get("event") == "warning":
+                    notes.setdefault((variant.label, str(event.get("message"))), []).append(str(run.seed))
+    return [f"Warning, {label} (seed {', '.join(seeds)}): {message}" for (label, message), seeds in notes.items()]
