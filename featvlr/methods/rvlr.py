@@ -5,10 +5,16 @@ IEEE TIP 2024 (code: njustkmg/TIP24-Rebalanced_Vision_Language_Retrieval).
 
 Student: the VSE-infinity dual encoder of :mod:`featvlr.methods.vse` (same heads, same
 test-time encoders). Teachers, frozen (:mod:`featvlr.teachers`): by default
-(``model.teacher: features``) the paper's modality-specific ones, from the cache: the pooled
-sentence vectors for text and an image-only feature (mean of the valid regions, or the
-global vector) for images; the run is one stage with the student trained from scratch.
-``model.teacher: base`` runs a two-stage recipe in one command: :meth:`RVLR.prepare` first
+(``model.teacher: features``) the paper's modality-specific ones, from the cache, for the
+*training* rows of the batch: the pooled sentence vectors for text (the text encoder's
+sentence embedding, all-MiniLM-L6-v2 by default, trained on a large corpus of sentence pairs
+for semantic similarity) and an image-only feature (mean of the valid regions, or the
+cache's global vector such as CLIP's ``image_embeds``) for images. They should know more
+about each modality's neighbourhoods than the student because they were trained on far more
+data for exactly that, where the student's towers learn only what ranking the other modality
+asks of them; the run is one stage with the student trained from scratch. Never a relevance
+matrix: ROUGE-L / SPICE relevance exists only for evaluation splits and only evaluation reads
+it. ``model.teacher: base`` runs a two-stage recipe in one command: :meth:`RVLR.prepare` first
 trains the base ``vse`` run as ``<run_dir>/teacher`` and distils from its (joint, cross-modal)
 embeddings, the student starting from its weights (twice the epochs of a ``vse`` run);
 ``model.teacher: runs/NAME`` uses the embeddings of an earlier featvlr run. A run teacher's
@@ -18,7 +24,7 @@ Loss, on the global batch (all ranks gathered)::
 
     L = w_itc * L_cm                       base cross-modal loss (vse's hinge, or ITC with soft ids)
       + w_iic * L_iic + w_ttc * L_ttc      representation distillation, per modality
-      + w_kd  * L_kd                       student relations vs lambda * T + (1 - lambda) * I
+      + w_kd  * L_kd                       fused-head relations vs lambda * T + (1 - lambda) * I
       (+ w_kdi * L_kdi + w_kdt * L_kdt     the two teacher-mixture terms, loss.mixture: train)
 
 with the paper's weights 1, 1, 2, 2, 1, 1 (its ``a..g`` minus ``b = 2`` for ITM).
@@ -28,10 +34,21 @@ Differences from the paper code (its behaviour is described in METHODS.md, secti
 - **No ITM term.** The paper's ``2 * L_itm`` trains a cross-attention fusion encoder on
   hard negatives; featvlr's heads are a dual encoder over frozen features with no fusion
   encoder, so the term (and ITM re-ranking at test time) is dropped.
-- **F is the student's own relation matrix.** The paper relates the fused [CLS] vectors of
-  the positive pairs; without a fusion encoder ``loss.relation`` chooses the student's text
-  embeddings, image embeddings, or ``both`` (default: the structure term is the mean of the
-  text and the image relation losses, so both uni-modal neighbourhoods are shaped).
+- **F is the relation matrix of an own fused head** (``loss.structure_space: fused``,
+  default). The paper relates the fusion encoder's [CLS] of each positive pair, a space
+  apart from the ITC embeddings that rank. Without a fusion encoder, featvlr's analogue is a
+  two-layer head over the pair's concatenated image and text embeddings; the structure term
+  reaches the towers only through it. ``embeddings`` relates the retrieval embeddings
+  themselves (``loss.relation``: text, image or both), featvlr's earlier choice.
+- **Relations compared per-row standardised** (``loss.structure_relations: standardized``,
+  default; ``absolute`` is the paper's). The absolute MAE pulls every student cosine toward
+  the mixture's value: on the retrieval embeddings it fixed the student's mean intra-modal
+  cosine at the teacher mixture's (0.40 +- 0.08 for the cached MiniLM / mean-region teachers;
+  every such run ended at 0.39-0.46), which let images crowd captions out of a mixed gallery.
+  Standardised rows keep which neighbours a row has and their relative spacing, not the row's
+  mean or spread (a tighter or wider cone costs nothing; ``tau2`` cancels out). The logged
+  ``image_cosine``, ``text_cosine`` (the student's retrieval embeddings) and
+  ``teacher_cosine`` (the mixture) show where the geometry goes.
 - **lambda = sigmoid(logit)**, so it stays in (0, 1); the paper's is unconstrained.
 - **tau2 fixed** (0.07) by default; the paper's learnable, unclamped tau2 lets every
   structure term shrink by growing. ``loss.learnable_structure_temperature`` brings a
@@ -52,8 +69,8 @@ Differences from the paper code (its behaviour is described in METHODS.md, secti
 - **Base loss.** vse's hinge by default (featvlr's baseline); the paper's X-VLM ITC is
   ``loss.kind: infonce``. The paper's terms are all means, next to a mean ITC at tau 0.07;
   the hinge sums both directions over the batch in cosine units, so with it
-  ``loss.reduction: auto`` multiplies the distillation terms by ``2 * B * distill_temperature``
-  (:func:`distill_scale`), which keeps the paper's distillation-to-base gradient ratio
+  ``loss.reduction: auto`` multiplies the distillation terms by ``2 * B * tau``, ``tau`` the
+  *learned* distillation temperature of the step (:func:`distill_scale`), which keeps the paper's distillation-to-base gradient ratio
   (``benchmarks/bench_rvlr_balance.py`` prints it; ``sum``, x B, made them 6-12x the hinge).
 - **Two stages (``model.teacher: base``), one train section.** Stage 1 and stage 2 use the
   config's ``train`` section; the student starts from the stage-1 weights
