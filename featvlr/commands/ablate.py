@@ -40,13 +40,19 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(
             None, "--jobs", "-j", help="Parallel worker processes [default: one per GPU; on CPU one per 4 cores]."),
         progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars of each run's epochs."),
+        storage: Optional[str] = typer.Option(
+            None, "--storage", help="Optuna RDB URL of the grid's study, so that workers on several machines share "
+                                    "the grid (postgresql://user@host/db) [default: sqlite in the ablation folder]."),
+        heartbeat: float = typer.Option(30, "--heartbeat", help="Seconds between a running run's heartbeats; a run "
+                                                               "silent for twice this is taken over by another worker."),
     ) -> None:
         """Train and evaluate the product of a grid and seeds (finished runs are skipped, interrupted
-        ones resumed), then write one report: Markdown, CSV, plots and an HTML page."""
+        ones resumed), then write one report: Markdown, CSV, plots and an HTML page. The grid is an
+        Optuna grid study: the same command on other machines with --storage shares its runs."""
         from featvlr.ablate import run_ablation
 
         result = run_ablation(config, list(grid or []), _ints(seeds), out, jobs=jobs, extra=list(overrides or []),
-                              progress=progress)
+                              progress=progress, storage=storage, heartbeat_s=heartbeat)
         counts: dict[str, int] = {}
         for r in result["runs"]:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -61,8 +67,8 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(
         runs: Optional[List[Path]] = typer.Argument(
-            None, help="Run folders (config.yaml and eval/<split>.json) or ablation folders (ablation.yaml) "
-                       "[default: runs/ablation]."),
+            None, help="Run folders (config.yaml and eval/<split>.json), ablation folders (ablation.yaml) or one "
+                       "tuning folder (tune.yaml: the study's report) [default: runs/ablation]."),
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Folder for report.md/.csv/.html and plots [default: <ablation>/report for "
                                       "one ablation folder, else report]."),
@@ -76,6 +82,9 @@ def register(app: typer.Typer) -> None:
         vs: Optional[List[str]] = typer.Option(
             None, "--vs", help="Also plot the metrics against this config key (repeatable); an ablation's grid "
                                "keys are plotted anyway."),
+        storage: Optional[str] = typer.Option(
+            None, "--storage", help="For a tuning folder: the study's Optuna RDB URL [default: the one tune.yaml "
+                                    "records]."),
     ) -> None:
         """Compare finished runs: a headline table (mean ± std over seeds, best per column, training
         time, paired p-value of rsum against a baseline), the queries where the best variant wins and
@@ -84,6 +93,13 @@ def register(app: typer.Typer) -> None:
         from featvlr.report import select_runs, write_report
 
         paths = list(runs or [])
+        if len(paths) == 1 and (paths[0] / "tune.yaml").exists():
+            from featvlr.report.study import write_study_report
+
+            rep = write_study_report(paths[0], out, storage=storage)
+            typer.echo(rep["headline"])
+            typer.echo(f"report: {rep['html']}")
+            return
         if not paths:
             default = Path("runs/ablation")
             if not (default / "ablation.yaml").exists():

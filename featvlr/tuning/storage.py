@@ -1,0 +1,59 @@
+"""Where a study lives: SQLite in the tuning folder by default, any Optuna RDB URL otherwise
+(PostgreSQL for workers on several machines). Every storage runs Optuna's heartbeat: a trial
+whose worker died (SIGKILL, a lost machine) is failed by the next worker that starts a trial
+and re-queued once, with the same parameters, as a new trial (a new run folder)."""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+from featvlr.errors import ConfigError
+
+DEFAULT_HEARTBEAT_S = 30
+
+
+def default_url(out: str | Path) -> str:
+    """``sqlite:///<out>/study.db`` (absolute, so any working folder reaches it)."""
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for messages)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
+    """An :class:`optuna.storages.RDBStorage` on ``url`` (tables created when missing).
+
+    Raises :class:`ConfigError` naming ``--storage`` when the URL is malformed, its driver is
+    not installed or the database cannot be reached (a 10 s connect timeout)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    engine: dict = {}
+    if url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": 120}}
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith("postgresql"):
+        engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    elif url.startswith("mysql"):
+        engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, int(heartbeat_s)),
+                          grace_period=max(2, int(2 * heartbeat_s)),
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except ModuleNotFoundError as exc:
+        hint = " (pip install featvlr[postgres])" if "psycopg" in str(exc) else ""
+        raise ConfigError(f"--storage {masked(url)}: its database driver is not installed: {exc.name}{hint}") from None
+    except Exception as exc:  # sqlalchemy's errors: bad URL, refused connection, bad password
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = first[0] if first else type(exc).__name__
+        raise ConfigError(f"--storage {masked(url)}: cannot open the study storage: {reason}") from None
+
+
+__all__ = ["DEFAULT_HEARTBEAT_S", "default_url", "masked", "open_storage"]
