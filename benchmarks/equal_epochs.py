@@ -10,10 +10,19 @@ Trains ``configs/demo_{method}.yaml`` (8 epochs each, the same schedule) once pe
 then prints, per method, the mean ± standard deviation over seeds of the best dev rsum (the
 value that selected the checkpoint) and of the test metrics of that checkpoint: rsum,
 R@1 both ways, NDCG (exponential gain, cut at 25, ROUGE-L relevance) of every uni-modal and
-mixed scenario, and the training time. The difference to ``vse`` is paired by seed.
+mixed scenario, the test embeddings' geometry (mean image-image and caption-caption cosine,
+:mod:`featvlr.evaluation.geometry`) and the training time.
+
+The baseline is the strongest ``vse`` variant, chosen on dev: ``vse`` (the shipped config),
+``vse_sum`` (the hinge summed over negatives in every epoch, VSE0) and ``vse_infonce``; the one
+with the highest mean best dev rsum is the reference of the paired differences (by seed), and
+each method's row says whether it beats it on every seed (``holds``), on average only
+(``mixed``) or not (``does not hold``). ``gls`` also gets its stage-1 run as a row of its own
+(``gls_stage1``: it trains before stage 2, so ``gls`` has twice the epochs).
 
     python benchmarks/equal_epochs.py --dataset demo [--methods vse hrem covlr rvlr]
         [--seeds 0 1 2] [--runs bench_out/equal_epochs] [--reuse] [--set loss.cutoff=1.7 ...]
+    python benchmarks/equal_epochs.py --dataset second --methods vse vse_sum vse_infonce hrem gls
         [--json FILE]
 
 One thread, CPU; each run is a ``featvlr train``. ``--reuse`` takes finished runs
@@ -40,7 +49,10 @@ DATASETS = {
 }
 COLUMNS = [("best_dev_rsum", "dev rsum"), ("rsum", "rsum"), ("i2t/R@1", "i2t R@1"), ("t2i/R@1", "t2i R@1"),
            ("i2i/ndcg_exp@25", "i2i NDCG"), ("t2t/ndcg_exp@25", "t2t NDCG"),
-           ("i2it/ndcg_exp@25", "i2it NDCG"), ("t2it/ndcg_exp@25", "t2it NDCG"), ("seconds", "train s")]
+           ("i2it/ndcg_exp@25", "i2it NDCG"), ("t2it/ndcg_exp@25", "t2it NDCG"),
+           ("geometry/img_cos", "img cos"), ("geometry/txt_cos", "txt cos"), ("seconds", "train s")]
+#: Variants of ``vse``: the config and its overrides (the strongest on dev is the baseline).
+VSE_VARIANTS = {"vse": [], "vse_sum": ["loss.warmup_epochs=1000"], "vse_infonce": ["loss.kind=infonce"]}
 
 
 def test_metrics(run_dir: Path) -> dict[str, float]:
@@ -67,8 +79,11 @@ def run_one(method: str, seed: int, cache: Path, run_dir: Path, sets: list[str],
         out = test_metrics(run_dir)
         out["seconds"] = float(timing.read_text()) if timing.exists() else float("nan")
         return out
-    cfg = load_config(ROOT / "configs" / f"demo_{method}.yaml",
-                      [f"data.cache={cache}", f"train.seed={seed}", "train.progress=false", *sets])
+    if method == "gls_stage1":  # trained by the gls run (its stage 1)
+        return test_metrics(run_dir)
+    config, extra = ("vse", VSE_VARIANTS[method]) if method in VSE_VARIANTS else (method, [])
+    cfg = load_config(ROOT / "configs" / f"demo_{config}.yaml",
+                      [f"data.cache={cache}", f"train.seed={seed}", "train.progress=false", *extra, *sets])
     t0 = time.perf_counter()
     train(cfg, run_dir)
     seconds = time.perf_counter() - t0
@@ -86,23 +101,50 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def strongest_vse(results: dict[str, dict[int, dict[str, float]]]) -> str | None:
+    """The ``vse`` variant with the highest mean best dev rsum (chosen on dev, never on test)."""
+    dev = {m: statistics.fmean(r["best_dev_rsum"] for r in by_seed.values())
+           for m, by_seed in results.items() if m in VSE_VARIANTS and by_seed
+           and all("best_dev_rsum" in r for r in by_seed.values())}
+    return max(dev, key=dev.get) if dev else None
+
+
+def verdict(diffs: list[float]) -> str:
+    """``holds`` when the method is ahead on every seed, ``mixed`` when on average only."""
+    if not diffs:
+        return "—"
+    if all(d > 0 for d in diffs):
+        return "holds"
+    return "mixed" if statistics.fmean(diffs) > 0 else "does not hold"
+
+
 def table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> str:
-    lines = ["| method | " + " | ".join(label for _, label in COLUMNS) + " | rsum − vse (paired) |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
-    base = results.get("vse", {})
+    best = strongest_vse(results) or "vse"
+    lines = ["| method | " + " | ".join(label for _, label in COLUMNS)
+             + f" | rsum − vse (paired) | rsum − {best} (paired) | claim vs {best} |",
+             "|---" * (len(COLUMNS) + 4) + "|"]
+
+    def paired(method: str, by_seed: dict[int, dict[str, float]], base_name: str) -> list[float]:
+        base = results.get(base_name, {})
+        return [by_seed[s]["rsum"] - base[s]["rsum"] for s in seeds if s in by_seed and s in base]
+
     for method, by_seed in results.items():
         cells = [mean_std([by_seed[s][key] for s in seeds if s in by_seed and key in by_seed[s]],
-                          3 if "ndcg" in key else 1) for key, _ in COLUMNS]
-        diffs = [by_seed[s]["rsum"] - base[s]["rsum"] for s in seeds if s in by_seed and s in base]
-        paired = mean_std(diffs) if method != "vse" and diffs else "—"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {paired} |")
-    return "\n".join(lines)
+                          3 if ("ndcg" in key or "cos" in key) else 1) for key, _ in COLUMNS]
+        shipped = paired(method, by_seed, "vse") if method != "vse" else []
+        strongest = paired(method, by_seed, best) if method != best else []
+        claim = verdict(strongest) if method not in VSE_VARIANTS else ("baseline" if method == best else "—")
+        lines.append(f"| {method} | " + " | ".join(cells)
+                     + f" | {mean_std(shipped) if shipped else '—'} | {mean_std(strongest) if strongest else '—'}"
+                     + f" | {claim} |")
+    return f"baseline: {best} (highest mean best dev rsum among {', '.join(m for m in results if m in VSE_VARIANTS)})" \
+        + "\n\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="demo")
-    ap.add_argument("--methods", nargs="+", default=["vse", "hrem", "covlr", "rvlr"])
+    ap.add_argument("--methods", nargs="+", default=["vse", "vse_sum", "vse_infonce", "hrem", "covlr", "rvlr", "gls"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--runs", type=Path, default=ROOT / "bench_out" / "equal_epochs")
     ap.add_argument("--features", type=Path, default=None,
@@ -121,13 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     paths = build_demo_caches(features, seed=spec["seed"], progress=False, params=spec["params"],
                               say=lambda text: print(text, flush=True))
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for method in args.methods:
+    methods = [m for m in args.methods]
+    if "gls" in methods and "gls_stage1" not in methods:
+        methods.insert(methods.index("gls") + 1, "gls_stage1")
+    for method in methods:
         for seed in args.seeds:
             run_dir = args.runs / args.dataset / f"{method}{args.tag}_s{seed}"
+            if method == "gls_stage1":
+                run_dir = args.runs / args.dataset / f"gls{args.tag}_s{seed}" / "stage1"
             res = run_one(method, seed, paths["cache"], run_dir, args.sets, args.reuse)
             results.setdefault(method, {})[seed] = res
             print(f"{args.dataset} {method}{args.tag} seed {seed}: rsum {res['rsum']:.1f} "
-                  f"({res['seconds']:.0f} s)", flush=True)
+                  f"({res.get('seconds', float('nan')):.0f} s)", flush=True)
     print(f"\n{args.dataset}: test split, mean ± std over seeds {args.seeds}"
           + (f", overrides {args.sets}" if args.sets else ""))
     print(table(results, args.seeds))
