@@ -46,8 +46,9 @@ an option wherever it changes numbers):
   Xavier-uniform initialised with zero biases, as the reference's image encoder; ``vse``
   keeps PyTorch's default init on the MLP (VSE-infinity's), and ``model.image_init:
   default`` gives HREM that init. On frozen demo regions it scored higher on every seed, and
-  so did ``loss.n_dim`` equal to the embedding dimension; ``configs/demo_hrem.yaml`` uses
-  both (``docs/results.md``).
+  so did ``loss.n_dim: 256`` (softer negatives than the reference's 512: ``n_dim`` acts as
+  an inverse temperature on the hardness of the drawn negative, whatever the embedding
+  size); ``configs/demo_hrem.yaml`` uses both (``docs/results.md``).
 - The text projection is Xavier-initialised (shared with ``vse``); the reference uses
   PyTorch's default ``nn.Linear`` init on top of a fine-tuned BERT, which featvlr does not
   fine-tune.
@@ -124,7 +125,9 @@ class HREMLossOptions(HingeOptions):
     graph: str = choice("triplet", "triplet", "hinge")
     # Distance-weighted sampling: negatives at distance >= cutoff are never drawn (1.7 F30K, 1.9 COCO).
     cutoff: float = number(1.7, above=0)
-    # The n of the sphere distance density (the reference keeps 512) and the distance clamp.
+    # The n of the sphere distance density (the reference hard-codes 512) and the distance clamp.
+    # n is a hardness setting (an inverse temperature on how hard the drawn negative is), not
+    # the embedding dimension: larger n draws harder negatives.
     n_dim: float = number(512.0, above=0)
     min_dist: float = number(0.5, min=0)
     # Anchors without a negative below the cutoff: "skip" them, or "zero" the direction (the reference).
