@@ -85,7 +85,7 @@ def run_one(method: str, seed: int, cache: Path, run_dir: Path, sets: list[str],
     cfg = load_config(ROOT / "configs" / f"demo_{config}.yaml",
                       [f"data.cache={cache}", f"train.seed={seed}", "train.progress=false", *extra, *sets])
     t0 = time.perf_counter()
-    train(cfg, run_dir)
+    train(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").exists())  # an interrupted run goes on
     seconds = time.perf_counter() - t0
     timing.write_text(f"{seconds:.1f}\n")
     out = test_metrics(run_dir)
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     ap.add_argument("--tag", default="", help="suffix of the run folders (for ablations with --set)")
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--table-only", action="store_true",
+                    help="print the table of the finished runs only; train nothing")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -166,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods]
     if "gls" in methods and "gls_stage1" not in methods:
         methods.insert(methods.index("gls") + 1, "gls_stage1")
-    for method in methods:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, so that a stopped benchmark has every method paired
+        for method in methods:
             run_dir = args.runs / args.dataset / f"{method}{args.tag}_s{seed}"
             if method == "gls_stage1":
                 run_dir = args.runs / args.dataset / f"gls{args.tag}_s{seed}" / "stage1"
-            res = run_one(method, seed, paths["cache"], run_dir, args.sets, args.reuse)
+            if args.table_only and not (run_dir / "eval" / "test.json").exists():
+                continue
+            res = run_one(method, seed, paths["cache"], run_dir, args.sets, args.reuse or args.table_only)
             results.setdefault(method, {})[seed] = res
             print(f"{args.dataset} {method}{args.tag} seed {seed}: rsum {res['rsum']:.1f} "
                   f"({res.get('seconds', float('nan')):.0f} s)", flush=True)
