@@ -152,7 +152,7 @@ def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddi
         flags: the protocol flags (:class:`EvalFlags`).
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         plots, print_table: write the PNGs; print the table.
-        examples: for a run, write ``examples.html`` beside the JSON with this many seeded
+        examples: for a run, write ``<split>_examples.html`` beside the JSON with this many seeded
             queries per scenario (:mod:`featvlr.evaluation.examples`); 0: none.
 
     Returns:
@@ -229,7 +229,8 @@ def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddi
         from featvlr.evaluation.examples import write_run_examples
 
         extra["examples"] = str(write_run_examples(method, config, tpath, cache_path, inputs["split"], examples,
-                                                   out.parent / "examples.html", dev))
+                                                   out.parent / f"{inputs['split']}_examples.html", dev,
+                                                   scenarios=chosen))
     protocol = protocol_record(split=inputs.get("split"), metrics=metrics, folds=opts.folds, ks=opts.ks,
                                ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k, backend=opts.backend,
                                t2t_without_siblings=opts.t2t_without_siblings, first_images=opts.first_images)

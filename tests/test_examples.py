@@ -22,7 +22,7 @@ def test_ranks_on_the_page_are_the_evaluations(vse_run, tmp_path):  # noqa: F811
     split = model.split("test")
     saved = np.load(save_query_ranks(model.method, split, EvalOptions(), "cpu", tmp_path / "r.npz"))
     sections = {s["scenario"]: s for s in example_queries(model, "test", 4, seed=3)}
-    assert set(sections) == {"t2i", "i2t"}
+    assert list(sections) == ["t2i", "i2t", "i2i", "t2t", "i2it", "t2it"]  # every scenario the run evaluates
     for scenario, key in (("t2i", "text_row"), ("i2t", "image_row")):
         items = sections[scenario]["items"]
         assert len(items) == 4
@@ -36,17 +36,52 @@ def test_ranks_on_the_page_are_the_evaluations(vse_run, tmp_path):  # noqa: F811
     assert again["t2i"]["items"] == sections["t2i"]["items"]  # seeded
 
 
+
+def test_uni_modal_and_mixed_sections_show_the_relevance_grade(vse_run):  # noqa: F811
+    import featvlr
+
+    model = featvlr.load(vse_run[0], device="cpu")
+    split = model.split("test")
+    R = np.asarray(split.relevance("rougeL"))  # [n_texts, n_images]
+    txt2img = split.image_index()
+    first = {int(i): t for t, i in reversed(list(enumerate(txt2img.tolist())))}
+    sections = {s["scenario"]: s for s in example_queries(model, "test", 3, seed=1)}
+    for scenario in ("i2i", "t2t", "i2it", "t2it"):
+        items = sections[scenario]["items"]
+        assert len(items) == 3
+        for item in items:
+            assert len(item["hits"]) == 5
+            image = item["query"]["image_row"] if "image_row" in item["query"] else int(txt2img[item["query"]["text_row"]])
+            for hit in item["hits"]:
+                if hit["kind"] == "image":  # an image's grade: the query image's first caption against it
+                    assert hit["grade"] == np.float32(R[first[image], hit["row"]])
+                else:  # a caption's grade: that caption against the query image
+                    assert hit["grade"] == np.float32(R[hit["row"], image])
+            assert item["best"] == sorted(item["best"], reverse=True) and len(item["best"]) == 5
+            query = ("image", item["query"]["image_row"]) if "image_row" in item["query"] else \
+                ("text", item["query"]["text_row"])
+            assert query not in [(h["kind"], h["row"]) for h in item["hits"]]  # the query leaves its gallery
+        kinds = {h["kind"] for item in items for h in item["hits"]}
+        assert kinds <= {"image", "text"} and (scenario in ("i2it", "t2it") or len(kinds) == 1)
+
+
 def test_eval_examples_writes_the_page(vse_run, cli, tmp_path):  # noqa: F811
     run, cache = vse_run
     code, out, err = cli("eval", run, "--split", "test", "--examples", "3", "--json", tmp_path / "t.json",
                          "--no-plots", "--device", "cpu")
     assert code == 0, err
-    page = tmp_path / "examples.html"
+    page = tmp_path / "test_examples.html"  # the split in the name: another split's page does not replace it
     rec = json.loads((tmp_path / "t.json").read_text())
     assert rec["examples"] == str(page) and f"examples: {page}" in out
     text = page.read_text()
-    assert text.count("class='row'") == 6 and "Text to image" in text and "Image to text" in text
-    assert "ground truth rank" in text and "<script" not in text
+    assert text.count("class='row'") == 6 * 3 and "Text to image" in text and "Image to text" in text
+    for title in ("Image to image", "Text to text", "Image to images and texts", "Text to texts and images"):
+        assert title in text
+    assert "ground truth rank" in text and "relevance" in text and "<script" not in text
+    code, out, err = cli("eval", run, "--split", "dev", "--examples", "2", "--json", tmp_path / "d.json",
+                         "--no-plots", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "dev_examples.html").exists() and page.read_text() == text
     code, _, err = cli("eval", "--embeddings", tmp_path / "x.npz", "--examples", "2")
     assert code == 2 and "--examples needs a run" in err
 
@@ -69,6 +104,34 @@ def test_composed_page_marks_the_target(tmp_path):
     assert {item["truth"][0] for item in section["items"]} <= set(comp["target"].tolist())
     page = write_examples(model, tmp_path / "examples.html", split="val", n=2)
     assert page.read_text().count("class='row'") == 2
+
+
+def test_composed_page_without_ground_truth_shows_the_modifier_and_the_reference_description(tmp_path):
+    """CIRR test1: no targets. The page says why there is no rank, shows the modifier, and
+    describes each image from the source's scene file when there is one (the demo's)."""
+    import h5py
+
+    from featvlr.config import load_config
+
+    cache = write_composed_cache(tmp_path / "toy.h5")
+    root = tmp_path / "demo_data"
+    (root / "truth").mkdir(parents=True)
+    with h5py.File(cache, "a") as f:
+        f.attrs["sources"] = json.dumps({"layout": "cirr", "root": str(root / "cirr")})
+        ids = [s.decode() for s in f["images/test1/ids"][:]]
+        n_text = f["texts/test1/pooled"].shape[0]
+        f.create_dataset("texts/test1/raw", data=[f"make it number {i}".encode() for i in range(n_text)])
+    scenes = {name: {"scene": "kitchen", "objects": [{"category": "cup", "colour": "red", "size": "small"}],
+                     "relations": []} for name in ids}
+    (root / "truth" / "cirr_scenes.json").write_text(json.dumps(scenes))
+    cfg = load_config(None, ["method=combiner", f"data.cache={cache}", "data.dataset=cirr",
+                             "model.projection_dim=32", "model.hidden_dim=48"])
+    model = _direct_model(make_method("combiner", cache), cfg, cache, tmp_path)
+    text = write_examples(model, tmp_path / "test1_examples.html", split="test1", n=2).read_text()
+    assert text.count("class='row'") == 2
+    assert "make it number" in text
+    assert "kitchen: a small red cup" in text
+    assert "no ground truth in this split (test1)" in text and "no ground truth for this query" not in text
 
 
 def test_thumbnails_where_the_cache_records_an_image_folder(tmp_path):

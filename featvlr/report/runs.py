@@ -39,9 +39,11 @@ class RunRecord:
 
     @property
     def examples(self) -> Path | None:
-        """The run's examples page (``featvlr eval RUN --examples N``), when it has one."""
-        page = self.run_dir / "eval" / "examples.html"
-        return page if page.exists() else None
+        """The run's examples page (``featvlr eval RUN --examples N``) on its test split, else on
+        another split, when it has one."""
+        pages = [self.run_dir / "eval" / f"{self.test_split}_examples.html"] if self.test_split else []
+        pages += sorted((self.run_dir / "eval").glob("*_examples.html")) + [self.run_dir / "eval" / "examples.html"]
+        return next((page for page in pages if page.exists()), None)
 
     @property
     def train_seconds(self) -> float | None:
