@@ -222,8 +222,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
 def run_warnings(active: dict[str, bool], best_metrics: dict[str, Any], select_split: str, steps: int) -> list[str]:
     """What a reader of this run's numbers must know: loss terms (and ``*_on`` switches) that
     were zero at every step, and a collapsed embedding space at the chosen checkpoint."""
-    out = [f"{name} was zero at every one of the run's {steps} steps: the term never acted (a warm-up or "
-           "switch-on point past the end of the run?), so this run is not the method it names"
+    out = [f"{name} was zero at every one of the run's {steps} steps: the term never acted (a weight of 0, or a "
+           "warm-up or switch-on point past the end of the run?), so its effect is not in these numbers"
            for name, on in sorted(active.items()) if not on]
     collapsed = collapse_warning(best_metrics)
     if collapsed:
