@@ -166,6 +166,7 @@ def check_space(config: str | Path | None, dims: list[Dimension], extra: list[st
             except ConfigError as exc:
                 message = str(exc)
                 message = message[len("--set "):] if message.startswith("--set ") else message
+                message = message[len(dim.key) + 2:] if message.startswith(dim.key + ": ") else message
                 raise ConfigError(f"{where} {dim.key}={dim.spec}: {message}") from None
         if dim.kind == "float":
             tp = _schema_type(cfg, dim.key)
