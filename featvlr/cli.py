@@ -9,12 +9,38 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from featvlr.commands import COMMAND_MODULES
 from featvlr.errors import FeatvlrError
 
+# The order of the top-level help: the steps of the work first, then the rest as registered.
+FIRST_COMMANDS = ("extract", "train", "eval", "demo")
+
+
+class _Group(TyperGroup):
+    """The top-level command list: the work's steps first, each description's first paragraph
+    in full (wrapped, never cut)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = list(super().list_commands(ctx))
+        return [n for n in FIRST_COMMANDS if n in names] + [n for n in names if n not in FIRST_COMMANDS]
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").split("\n\n", 1)[0]
+            rows.append((name, " ".join(text.replace("\b", "").split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 app = typer.Typer(
     name="featvlr",
+    cls=_Group,
     help=(
         "Precomputed-feature trainer for vision-language retrieval.\n\n"
         "Cache frozen backbone features once (extract), train small heads in minutes "

@@ -273,3 +273,23 @@ def test_train_log_to_bad_value_or_missing_extra(cli, tmp_path, monkeypatch, val
     assert code == 2
     assert err.strip() == first_line
     assert not (tmp_path / "run").exists()
+
+
+# -- the top-level --help ---------------------------------------------------------------------
+
+def test_top_level_help_lists_extract_first_and_cuts_nothing():
+    from typer.testing import CliRunner
+
+    from featvlr.cli import app
+
+    result = CliRunner().invoke(app, ["--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    commands = result.output.split("Commands:\n", 1)[1]
+    assert "..." not in commands and "…" not in commands
+    names = [line.split()[0] for line in commands.splitlines() if line.startswith("  ") and line[2] != " "]
+    assert names[:4] == ["extract", "train", "eval", "demo"]
+    assert set(names) >= {"info", "ablate", "report", "embed", "search"}
+    flat = " ".join(commands.split())
+    assert "Show a cache's splits, counts, shapes, dtypes, provenance and" in flat
+    assert "Train a method on a feature cache; evaluate on dev each epoch and the best checkpoint on test." in flat
+    assert all(len(line) <= 80 for line in result.output.splitlines())
