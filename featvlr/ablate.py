@@ -221,6 +221,7 @@ def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], ou
     if storage:
         open_storage(url, heartbeat_s=heartbeat_s)  # an unreachable storage stops here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    open_storage(url, heartbeat_s=heartbeat_s)  # its tables made once, before any worker starts
     (out / "ablation.yaml").write_text(yaml.safe_dump({
         "config": str(config), "grid": grid, "grid_keys": list(grid), "seeds": seeds, "extra": list(extra or []),
         "runs": [str(r.run_dir.relative_to(out)) for r in runs], "storage": url}, sort_keys=False),

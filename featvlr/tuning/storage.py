@@ -5,6 +5,7 @@ and re-queued once, with the same parameters, as a new trial (a new run folder).
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -44,9 +45,15 @@ def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
     elif url.startswith("mysql"):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, int(heartbeat_s)),
-                          grace_period=max(2, int(2 * heartbeat_s)),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        for attempt in range(6):
+            try:
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, int(heartbeat_s)),
+                                  grace_period=max(2, int(2 * heartbeat_s)),
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+            except Exception as exc:  # two workers creating the tables of a new database at once
+                if attempt == 5 or "already exists" not in str(exc):
+                    raise
+                time.sleep(0.5 + attempt)
     except ModuleNotFoundError as exc:
         hint = " (pip install featvlr[postgres])" if "psycopg" in str(exc) else ""
         raise ConfigError(f"--storage {masked(url)}: its database driver is not installed: {exc.name}{hint}") from None
