@@ -293,3 +293,53 @@ def test_top_level_help_lists_extract_first_and_cuts_nothing():
     assert "Show a cache's splits, counts, shapes, dtypes, provenance and" in flat
     assert "Train a method on a feature cache; evaluate on dev each epoch and the best checkpoint on test." in flat
     assert all(len(line) <= 80 for line in result.output.splitlines())
+
+
+# -- the report: metric names as the tables write them, ndcg_exp@25_nonzero, y-axes from 0 ----
+
+def _report_runs(tmp_path, nonzero_differs: bool):
+    from test_report import fake_run
+
+    runs = []
+    for i, lr in enumerate((1e-4, 3e-4, 1e-3)):
+        metrics = {"rsum": 400.0 + i, "i2t/R@1": 60.0 + i, "t2i/R@1": 50.0 + i, "i2t/ndcg_exp@25": 0.61 + i / 100,
+                   "i2t/ndcg_exp@25_nonzero": 0.61 + i / 100 + (0.05 if nonzero_differs and i == 1 else 0.0),
+                   "i2i/ndcg_lin@10": 0.70 + i / 1000}
+        runs.append(fake_run(tmp_path / f"r{i}", {"method": "vse", "train": {"seed": 0, "lr": lr}}, metrics))
+    return runs
+
+
+def test_report_names_metrics_as_the_tables_and_explains_nonzero(tmp_path):
+    from featvlr.report import write_report
+
+    write_report(_report_runs(tmp_path, False), tmp_path / "rep", vs=["train.lr"])
+    page = (tmp_path / "rep" / "report.html").read_text()
+    headline = page.split("<h2>Headline</h2>", 1)[1].split("</table>", 1)[0]
+    assert "i2i ndcg_lin@10" in headline and "NDCG@10" not in headline
+    assert "ndcg_exp@25_nonzero" in page
+    import html
+
+    text = html.unescape(page)
+    assert ("ndcg_exp@25_nonzero is the mean over the queries whose NDCG is not zero (TERAN's i2t average); "
+            "ndcg_exp@25 is the mean over all queries.") in text
+    assert "; it equals ndcg_exp@25 in every row here" in text
+    write_report(_report_runs(tmp_path / "b", True), tmp_path / "rep2", vs=["train.lr"])
+    assert "i2t/ndcg_exp@25_nonzero differs from ndcg_exp@25 in 1 of 3 rows (vse lr=3e-4)" in \
+        html.unescape((tmp_path / "rep2" / "report.html").read_text())
+
+
+def test_report_plots_start_their_y_axes_at_zero(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from featvlr.report import write_report
+
+    seen = []
+    original = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        seen.extend((ax.get_ylim()[0], ax.get_ylabel()) for ax in fig.axes if ax.has_data())
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    write_report(_report_runs(tmp_path, False), tmp_path / "rep", vs=["train.lr"])
+    assert seen and all(bottom == 0 for bottom, _ in seen), seen

@@ -40,6 +40,18 @@ def _legend(fig, ax, n_lines: int, title: str | None = None) -> None:
                   title_fontsize=8)
 
 
+def y_from_zero(ax, values: list[float]) -> bool:
+    """Start the y-axis at 0 so that small differences look small; where a value is negative
+    (a loss can be) the axis keeps matplotlib's range and its label says the axis is cut.
+    Returns whether the axis starts at 0."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if finite and min(finite) >= 0:
+        ax.set_ylim(bottom=0, top=max(finite) * 1.08 if max(finite) > 0 else 1.0)
+        return True
+    ax.set_ylabel(ax.get_ylabel() + " (axis cut: it does not start at 0)", fontsize=8)
+    return False
+
+
 def key_plot(variants: list[Variant], table: Table, key: str, line_keys: list[str], out: Path) -> Path | None:
     """``metrics_vs_<key>.png``: up to three metrics against ``key``'s values; None when the
     variants hold fewer than two values of ``key`` or no plotted metric."""
@@ -66,10 +78,12 @@ def key_plot(variants: list[Variant], table: Table, key: str, line_keys: list[st
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics) + (1.8 if len(lines) > 1 else 0), 3.4),
                              squeeze=False, layout="constrained")
     for ax, metric in zip(axes[0], metrics):
+        tops: list[float] = []
         for i, (name, vs) in enumerate(lines.items()):
             pts = [(v.value(key), *table[v.label][metric][:2]) for v in vs if metric in table[v.label]]
             if not pts:
                 continue
+            tops += [t[1] + t[2] for t in pts] + [t[1] - t[2] for t in pts]
             if numeric:
                 pts.sort(key=lambda t: float(t[0]))
                 x = [float(t[0]) for t in pts]
@@ -91,6 +105,7 @@ def key_plot(variants: list[Variant], table: Table, key: str, line_keys: list[st
         ax.set_xlabel(key, fontsize=8)
         ax.set_ylabel(("sum of recalls (%)" if m.startswith("rsum") else "percent" if m.startswith("R")
                        else "value") + (" ± std" if any(len(v.runs) > 1 for v in variants) else ""), fontsize=8)
+        y_from_zero(ax, tops)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     _legend(fig, axes[0][-1], len(lines), title=", ".join(short.values()) or None)
@@ -106,6 +121,7 @@ def training_curves(variants: list[Variant], out: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
     plotted = 0
+    all_ys: list[float] = []
     ylabel = "selection metric"
     for v in variants:
         curves = []
@@ -120,12 +136,14 @@ def training_curves(variants: list[Variant], out: Path) -> Path | None:
             epochs = sorted(set().union(*curves))
             ys = [np.mean([c[e] for c in curves if e in c]) for e in epochs]
             ax.plot(epochs, ys, marker="o", label=v.label)
+            all_ys += ys
             plotted += 1
     if not plotted:
         plt.close(fig)
         return None
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{ylabel} (mean over seeds)", fontsize=8)
+    y_from_zero(ax, all_ys)
     ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     _legend(fig, ax, max(plotted, 2 if plotted else 0))

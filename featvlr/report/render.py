@@ -32,11 +32,11 @@ class ReportData:
 
 
 def header_name(column: str) -> str:
-    """``i2i/ndcg_lin@10`` -> ``i2i NDCG@10``; ``composed/recall_avg`` -> ``composed recall_avg``."""
+    """``i2i/ndcg_lin@10`` -> ``i2i ndcg_lin@10``: the metric's own name (it states the gain), as
+    in the results JSON and the tables; ``composed/recall_avg`` -> ``composed recall_avg``."""
     if column == TRAIN_TIME:
         return "train time"
     scen, metric = scenario_of(column)
-    metric = metric.replace("ndcg_lin@", "NDCG@").replace("ndcg_exp@", "NDCG-exp@")
     return metric if scen == "summary" else f"{scen} {metric}"
 
 

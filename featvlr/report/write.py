@@ -56,6 +56,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str |
         if not data.changes:
             data.notes.append("No per-query ranks (eval/<split>_ranks.npz) for the baseline and the best variant: "
                               "the query-level comparison and the p-values need them.")
+    data.notes.extend(metric_notes(variants, columns, table))
     data.notes.extend(run_warnings(variants))
     plot_keys = [k for k in grid_keys + list(vs or []) if k]
     plot_keys = [k for i, k in enumerate(plot_keys) if k not in plot_keys[:i]]
@@ -73,6 +74,30 @@ def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str |
             "plots": data.plots, "baseline": base.label, "variants": [v.label for v in variants],
             "p_values": data.p_values, "headline": headline,
             "table": {k: {m: list(v) for m, v in row.items()} for k, row in table.items()}}
+
+
+def metric_notes(variants: list[Any], columns: list[str], table: dict) -> list[str]:
+    """What a column that looks redundant means: ``<scenario>/ndcg_exp@K_nonzero`` against
+    ``<scenario>/ndcg_exp@K``, and in how many rows they differ."""
+    notes = []
+    for col in columns:
+        if not col.endswith("_nonzero") or col[: -len("_nonzero")] not in columns:
+            continue
+        plain = col[: -len("_nonzero")]
+        rows = [v.label for v in variants if col in table.get(v.label, {}) and plain in table.get(v.label, {})]
+        differ = [r for r in rows if abs(table[r][col][0] - table[r][plain][0]) > 1e-9]
+        name, base = col.split("/", 1)[1], plain.split("/", 1)[1]
+        lead = (f"{name} is the mean over the queries whose NDCG is not zero (TERAN's i2t average); {base} is the "
+                "mean over all queries. They differ only when some query has no relevant item (relevance above "
+                "zero) in its top K")
+        if differ:
+            notes.append(f"{lead}: {col} differs from {base} in {len(differ)} of {len(rows)} rows "
+                         f"({', '.join(differ)}).")
+        else:
+            notes.append(f"{lead}; it equals {base} in every row here: with ROUGE-L relevance nearly every caption "
+                         "shares a word with some caption of every image, so every query's top K holds relevant "
+                         "items.")
+    return notes
 
 
 def run_warnings(variants: list[Any]) -> list[str]:
