@@ -205,3 +205,88 @@ def test_compare_equal_budget(base_config, tmp_path):
 def test_space_must_fit_the_method(base_config):
     with pytest.raises(ConfigError, match="loss.n_dim"):
         parse_space(base_config, ["loss.n_dim=int:8:16"])  # an hrem option, not vse's
+
+
+def _start_private_postgres(root: Path) -> tuple[str | None, str]:
+    """A throwaway PostgreSQL server (Debian's binaries) on a Unix socket: (URL, why not)."""
+    import glob
+    import shutil
+    import socket
+    import tempfile
+
+    found = shutil.which("initdb")
+    bindir = Path(found).resolve().parent if found else None
+    if bindir is None:
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        bindir = Path(versions[-1]).parent if versions else None
+    if bindir is None:
+        return None, "no PostgreSQL server binaries (initdb) on this machine"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres account
+        if shutil.which("runuser") is None:
+            return None, "running as root without runuser to start PostgreSQL as another account"
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return None, "running as root and there is no postgres account to run the server"
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = Path(tempfile.mkdtemp(prefix="featvlr-pg-"))
+    os.chmod(data, 0o777)
+    if as_user:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    init = subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
+                          capture_output=True, text=True)
+    if init.returncode != 0:
+        return None, f"initdb failed: {init.stderr.strip()[-300:]}"
+    start = subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
+                                      "-o", f"-p {port} -k {data} -c listen_addresses=''", "start"],
+                           capture_output=True, text=True)
+    if start.returncode != 0:
+        return None, f"pg_ctl start failed: {start.stderr.strip()[-300:]}"
+    root.joinpath("stop").write_text(" ".join(as_user + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m",
+                                                          "immediate", "stop"]))
+    return f"postgresql://postgres@/postgres?host={data}&port={port}", ""
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """FEATVLR_TEST_POSTGRES (what .ci/run starts), else a private server, else a stated skip."""
+    url = os.environ.get("FEATVLR_TEST_POSTGRES")
+    root = tmp_path_factory.mktemp("pg")
+    reason = ""
+    if not url:
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            pytest.skip("psycopg2 is not installed (pip install featvlr[postgres])")
+        url, reason = _start_private_postgres(root)
+    if not url:
+        pytest.skip(f"no PostgreSQL server could be started: {reason}")
+    yield url
+    stop = root / "stop"
+    if stop.exists():
+        subprocess.run(stop.read_text().split(), capture_output=True)
+
+
+def test_two_workers_share_a_postgresql_study(base_config, tmp_path, postgres_url):
+    import optuna
+
+    from featvlr.tuning.storage import open_storage
+
+    name = f"featvlr-test-{os.getpid()}-{int(time.time())}"
+    outs = [tmp_path / "machine_a", tmp_path / "machine_b"]  # as on two machines: a tuning folder each
+    workers = [_worker(base_config, out, "--trials", "2", "--storage", postgres_url, "--study", name,
+                       "--prune-startup", "9") for out in outs]
+    results = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [r[1][-2000:] for r in results]
+    study = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    folders = sorted(p.name for out in outs for p in out.glob("trial_*"))
+    assert folders == [f"trial_{n:04d}" for n in range(4)]
+    optuna.delete_study(study_name=name, storage=open_storage(postgres_url))

@@ -24,6 +24,17 @@ def masked(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the psycopg2 driver when psycopg (3), SQLAlchemy's default for
+    that scheme from 2.1 on, is not installed (``featvlr[postgres]`` installs psycopg2)."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
     """An :class:`optuna.storages.RDBStorage` on ``url`` (tables created when missing).
 
@@ -35,6 +46,7 @@ def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine: dict = {}
+    given, url = url, _with_driver(url)
     if url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 120}}
         path = url.split(":///", 1)[-1]
@@ -56,11 +68,14 @@ def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
                 time.sleep(0.5 + attempt)
     except ModuleNotFoundError as exc:
         hint = " (pip install featvlr[postgres])" if "psycopg" in str(exc) else ""
-        raise ConfigError(f"--storage {masked(url)}: its database driver is not installed: {exc.name}{hint}") from None
+        raise ConfigError(f"--storage {masked(given)}: its database driver is not installed: {exc.name}{hint}") from None
     except Exception as exc:  # sqlalchemy's errors: bad URL, refused connection, bad password
+        if "Failed to import DB access module" in str(exc):
+            raise ConfigError(f"--storage {masked(given)}: its database driver is not installed "
+                              "(pip install featvlr[postgres] for PostgreSQL)") from None
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         reason = first[0] if first else type(exc).__name__
-        raise ConfigError(f"--storage {masked(url)}: cannot open the study storage: {reason}") from None
+        raise ConfigError(f"--storage {masked(given)}: cannot open the study storage: {reason}") from None
 
 
 __all__ = ["DEFAULT_HEARTBEAT_S", "default_url", "masked", "open_storage"]
