@@ -343,3 +343,33 @@ def test_report_plots_start_their_y_axes_at_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
     write_report(_report_runs(tmp_path, False), tmp_path / "rep", vs=["train.lr"])
     assert seen and all(bottom == 0 for bottom, _ in seen), seen
+
+
+def test_scoring_a_submission_gives_the_evaluations_metrics(tmp_path):
+    """Submission files of a split that has targets, scored against a truth file made from
+    them, give exactly the metrics the evaluation computes on that split."""
+    import json
+
+    import numpy as np
+    import torch
+    from test_mlcl import write_composed_cache
+
+    from featvlr.evaluation.composed import cirr_submission, evaluate_composed, score_cirr_submission, \
+        write_cirr_submission
+    from featvlr.store import FeatureStore
+
+    split = FeatureStore(write_composed_cache(tmp_path / "toy.h5", n_sets=(2, 12))).split("val")
+    comp, names = split.composed(), split.image_ids()
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(len(comp["reference"]), 8, generator=gen)
+    g = torch.randn(len(names), 8, generator=gen)
+    recall, subset = cirr_submission(q, g, comp, names)
+    paths = write_cirr_submission(tmp_path, recall, subset, name="val")
+    truth = tmp_path / "truth.json"
+    truth.write_text(json.dumps([{"pairid": int(p), "target": names[int(t)]}
+                                 for p, t in zip(comp["pair_ids"], comp["target"])]))
+    scored = score_cirr_submission(paths[0], truth)
+    expected = evaluate_composed(q, g, comp, protocol="cirr")
+    for key in ("R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3", "arithmetic_mean"):
+        assert scored[f"composed/{key}"] == pytest.approx(expected[f"composed/{key}"]), key
+    assert 0 < scored["composed/R@5"] < 100
