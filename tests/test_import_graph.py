@@ -169,7 +169,7 @@ def test_no_module_over_450_lines():
 
 # -- layers: what a module may reach through its imports (transitively) -------------------
 
-APPLICATION = ("featvlr.cli", "featvlr.commands", "featvlr.runs", "featvlr.demo_run", "featvlr.ablate",
+APPLICATION = ("featvlr.cli", "featvlr.commands", "featvlr.runs", "featvlr.demo_run", "featvlr.ablate", "featvlr.tuning",
                "featvlr.report")
 EVALUATION = ("featvlr.evaluation", "featvlr.scenarios", "featvlr.retrieval", "featvlr.metrics",
               "featvlr.evaluate", "featvlr.validate")

@@ -153,7 +153,7 @@ def test_killed_worker_trial_fails_and_is_redone_in_a_new_folder(base_config, tm
     assert not (killed / "eval").exists()
 
 
-def test_ablate_runs_on_the_grid_sampler(base_config, tmp_path):
+def test_ablate_runs_on_the_grid_sampler(base_config, tmp_path, capsys):
     import optuna
 
     from featvlr.ablate import run_ablation
@@ -165,6 +165,13 @@ def test_ablate_runs_on_the_grid_sampler(base_config, tmp_path):
     assert names == ["loss.margin=0.1/seed0", "loss.margin=0.1/seed1", "loss.margin=0.2/seed0",
                      "loss.margin=0.2/seed1"]
     assert [r["status"] for r in result["runs"]] == ["trained"] * 4
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("run ")]
+    assert len(lines) == 4 and all(" trained · dev rsum " in line and " of 4 left · " in line for line in lines)
+    assert sorted(int(line.split(" of 4 left")[0].rsplit(" ", 1)[1]) for line in lines) == [0, 1, 2, 3]
+    epoch_lines = [line for line in captured.err.splitlines() if "epoch 1:" in line]
+    assert len(epoch_lines) == 4 and all(line.startswith("[loss.margin=0.") and " seed" in line.split("]")[0]
+                                         for line in epoch_lines)
     study = optuna.load_study(study_name=study_name(names), storage=f"sqlite:///{out / 'study.db'}")
     assert isinstance(study.trials[0].distributions["run"], optuna.distributions.CategoricalDistribution)
     assert sorted(t.params["run"] for t in study.trials) == sorted(names)
