@@ -41,7 +41,6 @@ from featvlr import distributed as dist_utils
 from featvlr.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from featvlr.config import Config, config_to_dict, save_config
 from featvlr.errors import ConfigError, FeatvlrError, InputError, Interrupted
-from featvlr.evaluation.geometry import collapse_warning
 from featvlr.fileio import remove_stale_partials
 from featvlr.interrupts import Signalled, StopSignals, interrupted, signal_of
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
@@ -49,10 +48,12 @@ from featvlr.device import pick_device
 from featvlr.methods.registry import get_method
 from featvlr.provenance import check_run_config, config_hash
 from featvlr.records import flatten_numbers
+from featvlr.run_notes import geometry_note, run_warnings
 from featvlr.runlog import RunLogger
 from featvlr.store import StoreSplit, open_store
 from featvlr.tasks import get_task
-from featvlr.train_guard import nonfinite_inputs, remove_fresh_run, resume_command, saved_state
+from featvlr.train_guard import (check_resumable, check_state_dict, nonfinite_inputs, remove_fresh_run,
+                                 resume_command, saved_state)
 
 
 class TrainingDiverged(FeatvlrError):
@@ -147,27 +148,6 @@ def evaluate(method: Method, task, split: StoreSplit, cfg: Config, scenarios: li
         method.train(was_training)
 
 
-def check_resumable(ckpt: dict[str, Any], cfg: Config, path: Path) -> None:
-    """The checkpoint must be of the configured method (checked before any weight is loaded)."""
-    if ckpt.get("method") != cfg.method:
-        raise InputError(path, f"--resume: the checkpoint is a {ckpt.get('method')!r} run, the config asks for "
-                         f"{cfg.method!r}")
-
-
-def check_state_dict(method: Method, state: dict[str, Any], path: Path) -> None:
-    """Name the first differences between a checkpoint's weights and the model's, if any."""
-    own = method.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or extra or shapes:
-        parts = [f"{name}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else "")
-                 for name, items in (("missing", missing), ("unexpected", extra), ("shape", shapes)) if items]
-        raise InputError(path, "--resume: the checkpoint's weights do not fit the configured model ("
-                         + "; ".join(parts) + ")")
-
-
 def run_stage(stage: Stage) -> None:
     """Train a method's prerequisite run, resume it when interrupted, reuse it when complete."""
     last = Path(stage.run_dir) / "ckpt" / "last.pt"
@@ -217,25 +197,6 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     if distributed and owns_group:
         torch.distributed.destroy_process_group()
     return result
-
-
-def run_warnings(active: dict[str, bool], best_metrics: dict[str, Any], select_split: str, steps: int) -> list[str]:
-    """What a reader of this run's numbers must know: loss terms (and ``*_on`` switches) that
-    were zero at every step, and a collapsed embedding space at the chosen checkpoint."""
-    out = [f"{name} was zero at every one of the run's {steps} steps: the term never acted (a weight of 0, or a "
-           "warm-up or switch-on point past the end of the run?), so its effect is not in these numbers"
-           for name, on in sorted(active.items()) if not on]
-    collapsed = collapse_warning(best_metrics)
-    if collapsed:
-        out.append(f"at the selected checkpoint ({select_split} split) {collapsed}")
-    return out
-
-
-def _geometry_note(metrics: dict[str, Any]) -> str:
-    img, txt = metrics.get("geometry/img_cos"), metrics.get("geometry/txt_cos")
-    if img is None or txt is None:
-        return ""
-    return f", cos img {img:.2f} txt {txt:.2f}" + (" (collapsed)" if collapse_warning(metrics) else "")
 
 
 def _agreed(flag: bool, distributed: bool, device: torch.device) -> bool:
@@ -434,7 +395,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
             logger.log(record)
             logger.echo(f"epoch {epoch + 1}: loss {record.get('train_loss', float('nan')):.4f}"
                         + (f", {select_split} {select_key} {metrics[select_key]:.2f}" if metrics else "")
-                        + _geometry_note(metrics)
+                        + geometry_note(metrics)
                         + f" ({record['items_per_s']:.0f} items/s, waited {stream.wait_s:.1f} s"
                         f" of {epoch_time:.1f} s for data)")
         wants_stop = bool(is_main and on_epoch_end is not None and on_epoch_end(epoch + 1, record))

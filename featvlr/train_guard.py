@@ -5,7 +5,9 @@
 - :func:`saved_state` and :func:`resume_command` give the line an interrupted run prints:
   which epoch is safely saved and the exact command that continues it;
 - :func:`remove_fresh_run` takes back what a new run wrote before its first checkpoint, so
-  a run that stops before saving anything leaves no half-made run folder.
+  a run that stops before saving anything leaves no half-made run folder;
+- :func:`check_resumable` and :func:`check_state_dict` refuse a ``--resume`` checkpoint of
+  another method or with weights that do not fit, naming the first differences.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from featvlr.errors import InputError
 
 # Batch key -> the cache dataset it is read from, and the id keys that name its rows.
 SOURCES = {
@@ -100,3 +104,24 @@ def remove_fresh_run(run_dir: Path, existed: bool) -> None:
             shutil.rmtree(sub, ignore_errors=True)
     if not existed and not any(run_dir.iterdir()):
         run_dir.rmdir()
+
+
+def check_resumable(ckpt: dict[str, Any], cfg: Any, path: Path) -> None:
+    """The checkpoint must be of the configured method (checked before any weight is loaded)."""
+    if ckpt.get("method") != cfg.method:
+        raise InputError(path, f"--resume: the checkpoint is a {ckpt.get('method')!r} run, the config asks for "
+                         f"{cfg.method!r}")
+
+
+def check_state_dict(method: Any, state: dict[str, Any], path: Path) -> None:
+    """Name the first differences between a checkpoint's weights and the model's, if any."""
+    own = method.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or extra or shapes:
+        parts = [f"{name}: {', '.join(items[:3])}" + (" ..." if len(items) > 3 else "")
+                 for name, items in (("missing", missing), ("unexpected", extra), ("shape", shapes)) if items]
+        raise InputError(path, "--resume: the checkpoint's weights do not fit the configured model ("
+                         + "; ".join(parts) + ")")
