@@ -99,8 +99,9 @@ Notes on the implementation:
   meta-gradients on CUDA the step runs with cuDNN disabled (the GPO's GRU is tiny and runs
   once per distinct length; nothing else here uses cuDNN).
 - **Cost**: one extra backward with ``create_graph`` plus one extra forward of the towers at
-  ``theta'``, and a double backward in the outer pass; ``benchmarks/bench_covlr_step.py``
-  measures it against ``vse``.
+  ``theta'``, and a double backward (in the step with ``loss.log_meta_cosine``, where one
+  first-order backward of the plain structure term is added; in the outer pass without);
+  ``benchmarks/bench_covlr_step.py`` measures it against ``vse``.
 
 On the built-in demo (seeds 0-2, test split, against ``vse``): the default recipe raises
 rsum and i2i NDCG@25 (exp) on every seed and lowers t2t NDCG by about 0.45, because the

@@ -14,7 +14,13 @@ about each modality's neighbourhoods than the student because they were trained 
 data for exactly that, where the student's towers learn only what ranking the other modality
 asks of them; the run is one stage with the student trained from scratch. Never a relevance
 matrix: ROUGE-L / SPICE relevance exists only for evaluation splits and only evaluation reads
-it. ``model.teacher: base`` runs a two-stage recipe in one command: :meth:`RVLR.prepare` first
+it. On frozen features this knowledge is already in the student's input: the pooled sentence
+vector *is* the mean of the cached token features the text tower reads (cosine 1.0000 on the
+demo cache), and the region mean is the mean of the regions the image tower reads. The
+teachers can keep the heads from discarding the input's intra-modal structure; they cannot
+add information the student lacks, unlike the paper's, whose student backbones are fine-tuned
+away from their pre-trained state (a cache's ``global`` vector from another backbone is the
+nearest featvlr has to an independent teacher). ``model.teacher: base`` runs a two-stage recipe in one command: :meth:`RVLR.prepare` first
 trains the base ``vse`` run as ``<run_dir>/teacher`` and distils from its (joint, cross-modal)
 embeddings, the student starting from its weights (twice the epochs of a ``vse`` run);
 ``model.teacher: runs/NAME`` uses the embeddings of an earlier featvlr run. A run teacher's
