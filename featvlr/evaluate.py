@@ -158,6 +158,8 @@ def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddi
     Returns:
         The results record (the JSON's content, plus ``"json"``: its path).
     """
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise FeatvlrError(f"--examples: expected >= 0, got {examples}")
     t0 = time.perf_counter()
     flags = flags or EvalFlags()
     members: list[Path] = []

@@ -200,3 +200,23 @@ def test_composed_embeddings_and_cirr_submission(tmp_path, cli):
     subset = json.loads((tmp_path / "sub" / "recall_subset_submission_test1.json").read_text())
     assert recall["version"] == "rc2" and set(recall) == {"version", "metric"} | {str(i) for i in range(q)}
     assert len(recall["0"]) == 50 and f"test1-{ref[0]}" not in recall["0"] and len(subset["3"]) == 3
+
+
+@pytest.mark.parametrize("value", ["-1", "-5"])
+def test_negative_examples_is_refused_before_any_work(files, tmp_path, cli, value):
+    """`--examples -1` is one line naming --examples, exit 2, before anything is evaluated or written."""
+    from featvlr.checkpoint import save_checkpoint
+    from featvlr.config import config_from_dict, config_to_dict
+    from featvlr.methods.base import FeatureDims
+    from featvlr.methods.registry import get_method
+
+    cfg = config_from_dict({"method": "vse", "data": {"cache": str(files["cache"])},
+                            "model": {"embed_dim": 8, "pooling": "mean"}})
+    dims = FeatureDims(region_dim=D, n_regions=3, text_dim=D)
+    run = tmp_path / "run"
+    save_checkpoint(run / "ckpt" / "best.pt", {"config": config_to_dict(cfg), "dims": dataclasses.asdict(dims),
+                                               "model": get_method("vse")(cfg.model, cfg.loss, dims).state_dict()})
+    code, out, err = cli("eval", run, "--examples", value)
+    assert code == 2, (out, err)
+    assert err == f"featvlr: error: --examples: expected >= 0, got {value}\n"
+    assert out == "" and not (run / "eval").exists()
