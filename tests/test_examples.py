@@ -155,3 +155,12 @@ def test_thumbnails_where_the_cache_records_an_image_folder(tmp_path):
     out.parent.mkdir(parents=True)
     text = write_examples(model, out, split="val", n=2).read_text()
     assert text.count("<img src='../../images/") == 2 * 6  # reference + top 5 per query, relative paths
+
+
+def test_eval_help_names_the_page_and_what_each_scenario_shows(cli):
+    code, out, _ = cli("eval", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "<split>_examples.html" in text and "write examples.html" not in text
+    assert "ground truth's rank (i2t, t2i, composed)" in text
+    assert "relevance grade" in text and "(i2i, t2t, i2it, t2it)" in text

@@ -41,8 +41,10 @@ def eval_command(
     chunk_elements: int | None = typer.Option(None, help="Most query x gallery scores held at once "
                                               "(default 50,000,000)."),
     plots: bool = typer.Option(True, help="Write the Recall@K and per-scenario PNGs."),
-    examples: int = typer.Option(0, help="For a run: write examples.html beside the JSON with N seeded queries "
-                                 "per scenario, their top 5 and the ground truth's rank."),
+    examples: int = typer.Option(0, help="For a run: write <split>_examples.html beside the JSON with N seeded "
+                                 "queries per scenario and their top 5: the ground truth's rank (i2t, t2i, "
+                                 "composed), each hit's relevance grade beside the gallery's best grades (i2i, t2t, "
+                                 "i2it, t2it). 0: none."),
     submission: Path | None = typer.Option(None, help="Score CIRR test-server files instead: the "
                                            "recall_submission_<split>.json that eval writes for a split without "
                                            "ground truth (its recall_subset_ file beside it); needs --truth."),
