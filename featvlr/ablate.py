@@ -104,9 +104,11 @@ def plan_runs(config: str | Path, grid: dict[str, list[Any]], seeds: list[int], 
         values = dict(zip(keys, combo))
         for seed in seeds:
             overrides = list(extra or []) + [f"{k}={_fmt_value(v)}" for k, v in values.items()] + [f"train.seed={seed}"]
+            # a bad value is blamed on the option that gave it: --grid KEY, --seeds, else --set
+            sources = {**{k: f"--grid {k}" for k in values}, "train.seed": "--seeds"}
             try:
                 cell_base = base_for_method(base, values.get("method"), config)
-                cfg = load_config(None, overrides, base=cell_base)
+                cfg = load_config(None, overrides, base=cell_base, sources=sources)
             except ConfigError as exc:
                 raise ConfigError(f"{config}: grid cell {variant_name(values)}: {exc}") from None
             runs.append(PlannedRun(values, seed, overrides, out / variant_name(values) / f"seed{seed}", cfg))

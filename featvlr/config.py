@@ -310,11 +310,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict[str, Any] | None = None) -> Config:
+                base: dict[str, Any] | None = None, sources: dict[str, str] | None = None) -> Config:
     """Read a YAML config (or start from ``base``), apply ``key=value`` overrides, validate.
 
     An error names where the bad value came from: ``--set train.lr: ...`` for an override,
-    ``<file>: train.lr: ...`` for a value of the file.
+    ``<file>: train.lr: ...`` for a value of the file. ``sources`` names the option behind an
+    override that the user did not type as ``--set``: ``{"loss.margin": "--grid loss.margin"}``
+    makes a bad ``loss.margin`` ``--grid loss.margin: ...`` (the last override of a key is the
+    one that counts, so it is the one blamed).
     """
     raw = dict(base or {})
     if path is not None:
@@ -328,8 +331,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         return config_from_dict(raw)
     except ConfigError as exc:
         key = exc.key or ""
-        if key and any(key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".") for k in given):
+        matches = [k for k in given if key and (key == k or key.startswith((k + ".", k + "[")) or
+                                                k.startswith(key + "."))]
+        if matches:
             message = str(exc)
+            label = (sources or {}).get(matches[-1])
+            if label is not None:
+                rest = message[len(key) + 2:] if message.startswith(key + ": ") else message
+                raise ConfigError(f"{label}: {rest}", key=key) from None
             raise ConfigError(f"--set {message}" if message.startswith(key) else f"--set {key}: {message}",
                               key=key) from None
         if path is not None:

@@ -81,6 +81,23 @@ def test_grid_without_equals_names_grid(base_config, tmp_path, cli):
     assert code == 2 and err.startswith("featvlr: error: --grid expects key=v1,v2,..."), err
 
 
+@pytest.mark.parametrize("args, first", [
+    (["--grid", "loss.margin=abc"], "grid cell loss.margin=abc: --grid loss.margin: expected a number, got 'abc'"),
+    (["--set", "loss.margin=0.2", "--grid", "loss.margin=0.1,abc"],
+     "grid cell loss.margin=abc: --grid loss.margin: expected a number, got 'abc'"),
+    (["--set", "train.lr=abc", "--grid", "loss.margin=0.1"],
+     "grid cell loss.margin=0.1: --set train.lr: expected a number, got 'abc'"),
+    (["--grid", "loss.margin=0.1", "--seeds", "-1"], "grid cell loss.margin=0.1: --seeds: expected >= 0, got -1"),
+])
+def test_a_bad_grid_value_names_grid_and_a_bad_set_names_set(base_config, tmp_path, cli, args, first):
+    out = tmp_path / "a"
+    code, stdout, err = cli("ablate", "--config", base_config, *args, "--out", out)
+    assert code == 2, err
+    assert err.startswith(f"featvlr: error: {base_config}: {first}"), err
+    assert len(err.strip().splitlines()) == 1 and stdout == ""
+    assert not out.exists()
+
+
 def test_study_with_pruning_and_best_trial_reevaluates(base_config, tmp_path, cli):
     import optuna
 
