@@ -165,13 +165,35 @@ def run_demo(out: str | Path = ".", *, epochs: int | None = None, seed: int = 0,
 
     out = Path(out)
     cfg = demo_config(out, epochs=epochs, seed=seed, overrides=overrides, progress=progress)
+    run_dir = out / "runs" / "demo_vse"
+    resume = (run_dir / "ckpt" / "last.pt").exists()
+    if resume:
+        _check_demo_resume(run_dir, cfg, epochs, list(overrides or []))
     paths = build_demo_caches(out / "features", seed=seed, progress=progress, data_dir=out / "features" / "demo_data",
                               say=say)
     cfg.data.cache = str(paths["cache"])
-    run_dir = out / "runs" / "demo_vse"
-    resume = (run_dir / "ckpt" / "last.pt").exists()
     if say is not None:
         say(f"{'resuming' if resume else 'training'} vse in {run_dir} ({cfg.train.epochs} epochs), then "
             "evaluating the test split")
     result = train(cfg, run_dir, resume=resume)
     return {"paths": paths, "run_dir": run_dir, "result": result}
+
+
+def _check_demo_resume(run_dir: Path, cfg, epochs: int | None, overrides: list[str]) -> None:
+    """Before any work: a finished (or stopped) demo run is resumed only with at least the
+    epochs it has done, and with the config it was trained with. Fewer epochs are refused
+    under the option that asked for them (``--epochs 4``, ``--set train.epochs=4``)."""
+    from featvlr.errors import ConfigError
+    from featvlr.provenance import check_run_config
+    from featvlr.train_guard import saved_state
+
+    done, _ = saved_state(run_dir)
+    wanted = cfg.train.epochs
+    if wanted < done:
+        typed = next((f"--set {text.strip()}" for text in reversed(overrides)
+                      if text.split("=", 1)[0].strip() == "train.epochs"), None)
+        if typed is None:
+            typed = f"--epochs {epochs}" if epochs is not None else f"{find_config('demo_vse.yaml')}: train.epochs"
+        raise ConfigError(f"{typed}: {run_dir} has done {done} epochs; resuming it to {wanted} would describe it "
+                          f"wrongly (ask for {done} or more, or give another --out)", key="train.epochs")
+    check_run_config(run_dir, cfg, resume=True, done_epochs=done)

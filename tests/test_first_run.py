@@ -54,6 +54,30 @@ def test_demo_checks_options_before_any_work(cli, tmp_path, args, first_line):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, typed", [
+    (["--epochs", "4"], "--epochs 4"),
+    (["--set", "train.epochs=3"], "--set train.epochs=3"),
+    (["--epochs", "6", "--set", "train.epochs=5"], "--set train.epochs=5"),  # the --set value is the one used
+])
+def test_demo_with_fewer_epochs_than_done_names_the_option_before_announcing_work(cli, tmp_path, args, typed):
+    """After a finished 8-epoch demo, asking for fewer epochs is refused under the option typed,
+    before any "resuming" line and before the dataset is built."""
+    from featvlr.checkpoint import save_checkpoint
+    from featvlr.config import save_config
+    from featvlr.demo_run import demo_config
+
+    out = tmp_path / "X"
+    run = out / "runs" / "demo_vse"
+    save_config(demo_config(out, epochs=8), run / "config.yaml")
+    save_checkpoint(run / "ckpt" / "last.pt", {"method": "vse", "epoch": 8, "step": 80})
+    code, stdout, err = cli("demo", "--out", out, "--no-progress", *args)
+    assert code == 2, (stdout, err)
+    assert err.startswith(f"featvlr: error: {typed}: {run} has done 8 epochs"), err
+    assert len(err.strip().splitlines()) == 1
+    assert stdout == ""
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]
+
+
 def test_demo_out_that_is_a_file(cli, tmp_path):
     out = tmp_path / "X"
     out.write_text("not a folder")
