@@ -128,6 +128,25 @@ def test_study_with_pruning_and_best_trial_reevaluates(base_config, tmp_path, cl
         {p.name for p in second["report"]["plots"]}
 
 
+def test_printed_retrain_command_works_as_printed(base_config, tmp_path, cli):
+    """The "retrain it:" line has its own --out under the tuning folder; run as printed, it trains there."""
+    import shlex
+
+    out = tmp_path / "tune q"  # a space: the printed command quotes it
+    code, stdout, err = cli("tune", "--config", base_config, "--trials", "1", "--set", "train.epochs=1",
+                            "--out", out, "--no-report")
+    assert code == 0, err
+    line = next(t for t in stdout.splitlines() if t.startswith("retrain it: "))
+    argv = shlex.split(line[len("retrain it: "):])
+    assert argv[:4] == ["featvlr", "train", "--config", str(base_config)] and "--set" in argv
+    assert "train.epochs=1" in argv
+    target = Path(argv[argv.index("--out") + 1])
+    assert target == out / "retrain_trial_0000" and not target.exists()
+    code, _, err = cli(*argv[1:])
+    assert code == 0, err
+    assert (target / "ckpt" / "best.pt").exists() and (target / "eval" / "test.json").exists()
+
+
 def test_two_workers_share_one_sqlite_study(base_config, tmp_path):
     out = tmp_path / "shared"
     workers = [_worker(base_config, out, "--trials", "3", "--prune-startup", "9") for _ in range(2)]

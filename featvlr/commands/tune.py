@@ -9,6 +9,23 @@ import typer
 from featvlr.commands.ablate import _ints
 
 
+def retrain_command(config: Path, overrides: list[str], best: dict, out: Path) -> str:
+    """The ``featvlr train`` command that retrains the best trial's values, as a shell runs it:
+    the tuning's ``--set`` values, then the trial's, into a fresh ``<out>/retrain_trial_NNNN``
+    (and evaluated on test, which the trials never were)."""
+    import shlex
+
+    from featvlr.tuning.space import format_value
+
+    args = ["featvlr", "train", "--config", str(config)]
+    for text in overrides:
+        args += ["--set", text]
+    for key, value in best["params"].items():
+        args += ["--set", f"{key}={format_value(value)}"]
+    args += ["--out", str(out / f"retrain_trial_{best['number']:04d}")]
+    return shlex.join(args)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("tune")
     def tune_cmd(
@@ -46,12 +63,8 @@ def register(app: typer.Typer) -> None:
         if best is None:
             typer.echo("no complete trial yet")
             return
-        from featvlr.tuning.space import format_value
-
-        sets = " ".join(f"--set {k}={format_value(v)}" for k, v in best["params"].items())
         typer.echo(f"best trial {best['number']}: {result['metric']} {best['value']:.2f}; run folder {best['run_dir']}")
-        typer.echo(f"retrain it: featvlr train --config {config} "
-                   + " ".join(f"--set {s}" for s in (overrides or [])) + f" {sets}".rstrip())
+        typer.echo(f"retrain it: {retrain_command(config, list(overrides or []), best, out)}")
         if "report" in result:
             typer.echo(f"report: {result['report']['html']}")
 
