@@ -215,6 +215,8 @@ def run_ablation(config: str | Path, grid_items: list[str], seeds: list[int], ou
     the cells others are training, so that every worker ends with the whole report."""
     from featvlr.tuning.storage import DEFAULT_HEARTBEAT_S, default_url, open_storage
 
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0):
+        raise ConfigError(f"--jobs: expected >= 0 (0: the default), got {jobs}")
     grid = parse_grid(grid_items)
     runs = plan_runs(config, grid, seeds, out, (extra or []) + [f"train.progress={str(progress).lower()}"])
     out = Path(out)

@@ -98,6 +98,21 @@ def test_a_bad_grid_value_names_grid_and_a_bad_set_names_set(base_config, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("jobs", ["-1", "-3"])
+def test_negative_jobs_is_refused(base_config, tmp_path, cli, jobs):
+    out = tmp_path / "a"
+    code, stdout, err = cli("ablate", "--config", base_config, "--grid", "loss.margin=0.1", "--jobs", jobs,
+                            "--out", out)
+    assert code == 2, err
+    assert err == f"featvlr: error: --jobs: expected >= 0 (0: the default), got {jobs}\n"
+    assert stdout == "" and not out.exists()
+
+
+def test_ablate_help_says_what_jobs_0_means(cli):
+    code, out, _ = cli("ablate", "--help")
+    assert code == 0 and "0 or unset: one per GPU" in " ".join(out.split())
+
+
 def test_study_with_pruning_and_best_trial_reevaluates(base_config, tmp_path, cli):
     import optuna
 

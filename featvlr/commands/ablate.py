@@ -38,7 +38,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help="Folder of the ablation."),
         overrides: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override for every run (repeatable)."),
         jobs: Optional[int] = typer.Option(
-            None, "--jobs", "-j", help="Parallel worker processes [default: one per GPU; on CPU one per 4 cores]."),
+            None, "--jobs", "-j", help="Parallel worker processes; 0 or unset: one per GPU, on CPU one per 4 cores "
+                                       "(at least 1)."),
         progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars of each run's epochs."),
         storage: Optional[str] = typer.Option(
             None, "--storage", help="Optuna RDB URL of the grid's study, so that workers on several machines share "
