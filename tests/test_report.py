@@ -176,3 +176,30 @@ def test_report_html_of_a_small_ablation(base_config, tmp_path, capsys):
     links = re.findall(r"href='([^']+)'", (tmp_path / "rep3" / "report.html").read_text())
     assert links and all((tmp_path / "rep3" / link).resolve() == (first / "eval" / "examples.html").resolve()
                          for link in links)
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_training_curves_have_integer_epoch_ticks(tmp_path, monkeypatch, epochs):
+    """A 1-epoch run's curve is one point: its x axis still shows whole epochs only."""
+    import matplotlib.figure
+
+    from featvlr.report.labels import Variant
+    from featvlr.report.plots import training_curves
+    from featvlr.report.runs import RunRecord
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    log = [{"event": "epoch", "epoch": e, "dev/rsum": 100.0 + e} for e in range(1, epochs + 1)]
+    run = RunRecord(tmp_path / "r", {"train": {"select_split": "dev", "select_metric": "rsum"}}, {}, None, log)
+    assert training_curves([Variant("vse", [run])], tmp_path) == tmp_path / "training_curves.png"
+    (ax,) = figures[0].axes
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert set(range(1, epochs + 1)) <= {int(t) for t in ticks}

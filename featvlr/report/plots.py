@@ -116,12 +116,23 @@ def key_plot(variants: list[Variant], table: Table, key: str, line_keys: list[st
     return path
 
 
+def _integer_epochs(ax, epochs: list[int]) -> None:
+    """Whole-epoch x ticks only; a curve of one epoch gets half an epoch of room either side
+    (matplotlib's own margin would leave no whole number but that epoch on the axis)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs and max(epochs) - min(epochs) < 1:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+
+
 def training_curves(variants: list[Variant], out: Path) -> Path | None:
     """``training_curves.png``: the dev selection metric per epoch, mean over seeds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="constrained")
     plotted = 0
     all_ys: list[float] = []
+    all_epochs: list[int] = []
     ylabel = "selection metric"
     for v in variants:
         curves = []
@@ -137,6 +148,7 @@ def training_curves(variants: list[Variant], out: Path) -> Path | None:
             ys = [np.mean([c[e] for c in curves if e in c]) for e in epochs]
             ax.plot(epochs, ys, marker="o", label=v.label)
             all_ys += ys
+            all_epochs += epochs
             plotted += 1
     if not plotted:
         plt.close(fig)
@@ -145,7 +157,7 @@ def training_curves(variants: list[Variant], out: Path) -> Path | None:
     ax.set_ylabel(f"{ylabel} (mean over seeds)", fontsize=8)
     y_from_zero(ax, all_ys)
     ax.grid(alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    _integer_epochs(ax, all_epochs)
     _legend(fig, ax, max(plotted, 2 if plotted else 0))
     ax.set_title("training curves", fontsize=10)
     path = out / "training_curves.png"
