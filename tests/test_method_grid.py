@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from featvlr.ablate import plan_runs, parse_grid, run_ablation
+from featvlr.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import load_config
 from featvlr.demo import DEMO_DEFAULTS
 from featvlr.demo.captions import CAPTIONS_PER_IMAGE
@@ -45,3 +45,26 @@ def test_a_term_that_never_acts_is_a_warning_in_the_report(tmp_path):
     assert "Warning, hrem (seed 0): graph_on was zero at every one of the run's 10 steps" in text
     vse_notes = [line for line in text.splitlines() if "Warning, " in line and "hrem" not in line]
     assert not vse_notes, vse_notes
+
+
+def test_the_report_compares_each_method_with_the_strongest_vse_on_dev(tmp_path):
+    from featvlr.report.write import write_report
+    from featvlr.train import train
+
+    cache = write_synthetic_cache(tmp_path / "syn.h5", n_images=(64, 16, 16))
+    common = [f"data.cache={cache}", "data.dataset=synthetic", "model.embed_dim=16", "train.epochs=2",
+              "train.batch_size=32", "train.progress=false", "eval.dev_scenarios=[i2t, t2i]",
+              "eval.scenarios=[i2t, t2i]"]
+    runs = {}
+    for name, extra in {"weak": ["train.lr=1e-6"], "strong": ["train.lr=2e-3"], "hrem": ["method=hrem"]}.items():
+        for seed in (0, 1):
+            runs[name, seed] = train(load_config(None, [*common, *extra, f"train.seed={seed}"]),
+                                     tmp_path / f"{name}{seed}")
+    rep = write_report([r.run_dir for r in runs.values()], tmp_path / "report", baseline=str(tmp_path / "weak0"))
+    text = Path(rep["markdown"]).read_text()
+    strong_label = [v for v in rep["variants"] if "2e-3" in v or "0.002" in v][0]
+    assert f"Strongest vse on dev: {strong_label}" in text
+    diffs = [runs["hrem", s].test_metrics["metrics"]["rsum"] - runs["strong", s].test_metrics["metrics"]["rsum"]
+             for s in (0, 1)]
+    line = [x for x in text.splitlines() if x.startswith("- hrem") and f"− {strong_label}:" in x][0]
+    assert f"{sum(diffs) / 2:+.2f}" in line and "over 2 seed(s)" in line

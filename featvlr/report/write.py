@@ -12,6 +12,7 @@ from featvlr.report.queries import rank_changes
 from featvlr.report.render import ReportData, write_csv, write_html, write_markdown
 from featvlr.report.runs import load_run
 from featvlr.report.stats import best_per_column, best_variant, headline_columns, significance, summarize
+from featvlr.report.strongest import strongest_vse_notes
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str | None = None,
@@ -57,6 +58,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, *, baseline: str |
             data.notes.append("No per-query ranks (eval/<split>_ranks.npz) for the baseline and the best variant: "
                               "the query-level comparison and the p-values need them.")
     data.notes.extend(metric_notes(variants, columns, table))
+    data.notes.extend(strongest_vse_notes(variants))
     data.notes.extend(run_warnings(variants))
     plot_keys = [k for k in grid_keys + list(vs or []) if k]
     plot_keys = [k for i, k in enumerate(plot_keys) if k not in plot_keys[:i]]
