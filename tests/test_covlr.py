@@ -219,6 +219,9 @@ def test_no_virtual_step_in_the_hinge_warmup_unless_asked():
     warm = StepState(epoch=0)
     out = make_covlr(virtual_step="normalized", alpha=0.05)(batch, warm)
     assert out["virtual_step_norm"].item() == 0.0 and out["meta_plain_cosine"].item() == pytest.approx(1.0)
+    assert out["meta_step_on"].item() == 0.0  # the trainer's "never acted" switch
+    assert make_covlr(virtual_step="normalized", alpha=0.05)(batch, STATE)["meta_step_on"].item() == 1.0
+    assert make_covlr(virtual_step="normalized", alpha=0.0)(batch, STATE)["meta_step_on"].item() == 0.0
     out = make_covlr(virtual_step="normalized", alpha=0.05, meta_during_warmup=True)(batch, warm)
     assert out["virtual_step_rel"].item() == pytest.approx(0.05, rel=1e-6)
     # in the warm-up the meta-loss is the structure term at theta: beta * grad L_mt(theta)
