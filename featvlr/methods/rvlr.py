@@ -395,8 +395,9 @@ def geometry(v: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, teacher_image:
     images) and texts, and the teacher mixture ``lambda * cos_T + (1 - lambda) * cos_I``
     (what the absolute structure term pulls both toward)."""
     def cos(x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(x.float(), dim=-1)
-        return off_diagonal(x @ x.t())
+        with torch.autocast(x.device.type, enabled=False):  # in float32, as every score
+            x = F.normalize(x.float(), dim=-1)
+            return off_diagonal(x @ x.t())
 
     other = off_diagonal((ids.unsqueeze(0) != ids.unsqueeze(1)).float()) > 0
     mix = lam.detach() * cos(teacher_text) + (1 - lam.detach()) * cos(teacher_image)
