@@ -20,7 +20,8 @@ demo cache), and the region mean is the mean of the regions the image tower read
 teachers can keep the heads from discarding the input's intra-modal structure; they cannot
 add information the student lacks, unlike the paper's, whose student backbones are fine-tuned
 away from their pre-trained state (a cache's ``global`` vector from another backbone is the
-nearest featvlr has to an independent teacher). ``model.teacher: base`` runs a two-stage recipe in one command: :meth:`RVLR.prepare` first
+nearest featvlr has to an independent teacher). ``model.teacher: base`` runs a two-stage
+recipe in one command: :meth:`RVLR.prepare` first
 trains the base ``vse`` run as ``<run_dir>/teacher`` and distils from its (joint, cross-modal)
 embeddings, the student starting from its weights (twice the epochs of a ``vse`` run);
 ``model.teacher: runs/NAME`` uses the embeddings of an earlier featvlr run. A run teacher's
@@ -76,7 +77,8 @@ Differences from the paper code (its behaviour is described in METHODS.md, secti
   ``loss.kind: infonce``. The paper's terms are all means, next to a mean ITC at tau 0.07;
   the hinge sums both directions over the batch in cosine units, so with it
   ``loss.reduction: auto`` multiplies the distillation terms by ``2 * B * tau``, ``tau`` the
-  *learned* distillation temperature of the step (:func:`distill_scale`), which keeps the paper's distillation-to-base gradient ratio
+  *learned* distillation temperature of the step (:func:`distill_scale`), which keeps the
+  paper's distillation-to-base gradient ratio
   (``benchmarks/bench_rvlr_balance.py`` prints it; ``sum``, x B, made them 6-12x the hinge).
 - **Two stages (``model.teacher: base``), one train section.** Stage 1 and stage 2 use the
   config's ``train`` section; the student starts from the stage-1 weights
