@@ -18,16 +18,14 @@ One training step on the VSE-infinity towers (:class:`~featvlr.methods.vse.VSEEn
    ``|delta| = alpha * |theta_V|``, a fixed fraction of the weights whatever the loss's
    reduction, the batch size or the training phase; ``mean``: SGD with step ``alpha`` on
    ``L_cm`` divided by its number of anchor terms (``2B`` for the hinge); ``sum``: SGD on the
-   loss as the trainer sees it (the earlier behaviour: the hinge is a batch *sum*, so the step
-   grows with the batch and is ~60x larger in the sum-over-negatives warm-up than after it).
-   During the hinge's warm-up epochs no virtual step is taken (``loss.meta_during_warmup``);
+   summed loss (earlier behaviour: grows with the batch, ~60x larger in the hinge warm-up).
+   No virtual step in the hinge's warm-up epochs (``loss.meta_during_warmup``);
 3. meta-test: ``L_mt(theta')``, intra-modal structure preservation evaluated with the virtual
    parameters through :func:`torch.func.functional_call`: the relation matrix of the student
    embeddings of each modality is matched (row-wise KL over softmax rows, or MSE) to the
    relation matrix of frozen reference features of the same items (the teachers, below).
-   Each image counts once in the image relations; ``loss.exclude_positives`` also leaves
-   pairs of captions of the same image out of the text relations (the consistency task pulls
-   those together on purpose);
+   Each image counts once; ``loss.exclude_positives`` leaves pairs of captions of the same
+   image out of the text relations (the consistency task pulls those together on purpose);
 4. the returned losses are ``contrastive_loss = L_cm(theta)`` and
    ``meta_loss = beta * L_mt(theta')``; the trainer back-propagates their sum, whose gradient
    is ``grad L_cm(theta) + beta * (I - dDelta/dtheta)^T grad L_mt(theta')`` (for an SGD step,
@@ -48,15 +46,12 @@ by evaluation alone. The MiniLM neighbourhood is not ROUGE-L's: preserving it ca
 NDCG measured against ROUGE-L while it raises image-side NDCG.
 
 **Logged per step** (averaged per epoch into ``train_*`` of log.jsonl): ``meta_step_on`` (1
-where a virtual step was taken: the share of such steps; a run where it is never 1 gets the
-trainer's "never acted" warning), ``virtual_step_norm`` (``|delta|``), ``virtual_step_rel``
-(``|delta| / |theta_V|``) and, with
+where a virtual step was taken; never 1 gets the trainer's "never acted" warning),
+``virtual_step_norm`` (``|delta|``), ``virtual_step_rel`` (``|delta| / |theta_V|``) and, with
 ``loss.log_meta_cosine``, ``meta_plain_cosine``: the cosine between the meta gradient
-``grad_theta L_mt(theta')`` and the plain structure gradient ``grad_theta L_mt(theta)``, with
-their norms ``meta_grad_norm`` and ``plain_grad_norm``. A cosine of 1 means the meta step
-does nothing a weighted structure term would not (it is 1 by construction in the warm-up). The
-meta gradient is taken once, inside the step, and handed to the trainer as a loss with the
-same value and gradient, so the diagnostic costs one first-order backward.
+``grad_theta L_mt(theta')`` and the plain structure gradient ``grad_theta L_mt(theta)`` (1: the
+meta step does nothing a weighted structure term would not), with ``meta_grad_norm`` and
+``plain_grad_norm`` (:func:`~featvlr.methods.meta_step.meta_gradient_loss`).
 
 Inputs: a cross-modal training batch (``regions``, ``region_mask``, ``tokens``,
 ``token_mask``, ``pooled_text``, ``image_ids``; see :mod:`featvlr.methods.base`).
@@ -68,12 +63,6 @@ plain dual encoder (``encode_images`` / ``encode_texts``), and with ``beta = 0``
 
 Notes on the implementation:
 
-- **Step size**: measured on a demo ``vse`` checkpoint after the warm-up (3 batches), the
-  earlier plain SGD step (``sum``, alpha 1e-3) moves the weights by 0.03 % and leaves the meta
-  gradient at cosine 0.9999 with the plain structure gradient: CoVLR was ``vse`` plus a
-  weighted KL. A normalised step of 0.5 / 2 / 5 / 10 % gives cosine 0.98 / 0.74 / 0.41 /
-  0.18 (meta-gradient norm 1.7 / 2.1 / 3.1 / 4.3 against 1.7). The default, 2 %, changes the
-  gradient's direction without letting the meta part dominate it.
 - **Meta-test batch** (``loss.meta_test_batch``): "same" uses the whole batch for both tasks;
   "split" follows MLDG (Li et al., AAAI 2018): the first half of the batch is the meta-train
   batch (``L_cm`` and the virtual step), the second half the meta-test batch. Under DDP each
@@ -105,15 +94,15 @@ Notes on the implementation:
   first-order backward of the plain structure term is added; in the outer pass without);
   ``benchmarks/bench_covlr_step.py`` measures it against ``vse``.
 
-Measured on the two generated configurations (``benchmarks/equal_epochs.py``, test rsum of
-the best-dev checkpoint, paired by seed): the meta-step acts (after the warm-up the meta
-gradient's cosine with the plain structure gradient is 0.04-0.85 per epoch at alpha 0.02,
-0.8-0.95 at 0.005) but does not help: against alpha 0 (the structure term at theta), alpha
-0.02 gives -7.3 / -1.0 on the demo (seeds 0-1) and -7.8 on the second configuration (seed 0),
-alpha 0.005 -3.8 / -3.8 on the demo. ``configs/demo_covlr.yaml`` therefore sets alpha 0;
-the Flickr30K / COCO configs keep the meta-step (alpha 0.02), unmeasured on real features.
-Either way i2i NDCG rises above ``vse``'s and t2t NDCG falls below it (the frozen sentence
-embeddings' neighbourhood is not ROUGE-L's).
+Measured (``benchmarks/equal_epochs.py``, test rsum, paired by seed): on a demo ``vse``
+checkpoint the earlier SGD step (alpha 1e-3 on the summed hinge) moved the weights by 0.03 %,
+meta/plain cosine 0.9999; normalised steps of 0.5 / 2 / 5 % give 0.98 / 0.74 / 0.41. In
+training the meta-step acts (per-epoch cosine 0.04-0.85 at alpha 0.02, 0.8-0.95 at 0.005)
+but does not help: against alpha 0 (the structure term at theta), alpha 0.02 gives -7.3 /
+-1.0 on the demo and -7.8 on the second configuration, alpha 0.005 -3.8 / -3.8 on the demo.
+``configs/demo_covlr.yaml`` sets alpha 0; the Flickr30K / COCO configs keep alpha 0.02,
+unmeasured on real features. i2i NDCG rises above ``vse``'s and t2t NDCG falls below it
+either way (the sentence embeddings' neighbourhood is not ROUGE-L's).
 
 Example::
 
@@ -136,6 +125,15 @@ from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.encoders import TowerEncoders
+from featvlr.methods.meta_step import (
+    all_reduce_grads,
+    anchor_count,
+    first_occurrence,
+    meta_gradient_loss,
+    select_virtual,
+    split_batch,
+    sum_sizes_before,
+)
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (
     VSEEncoders,
@@ -152,8 +150,6 @@ META_TEST_BATCHES = ("same", "split")
 # L_cm as the trainer sees it: the hinge's batch sum, the earlier behaviour).
 VIRTUAL_STEPS = ("normalized", "mean", "sum")
 MODALITIES = ("image", "text")
-# Parameter-name prefixes (relative to the towers) that the "heads" group selects.
-HEAD_PREFIXES = ("image_proj.", "text_proj.")
 
 
 @dataclass
@@ -229,48 +225,6 @@ class _Towers(nn.Module):
         v = self.encoders.encode_images(batch) if images else None
         t = self.encoders.encode_texts(batch) if texts else None
         return v, t
-
-
-def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: True at the first position of every distinct id."""
-    n = ids.shape[0]
-    same = ids.unsqueeze(0) == ids.unsqueeze(1)  # [B, B]
-    earlier = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril(-1)
-    return ~(same & earlier).any(1)
-
-
-def split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The first and the second half (along dim 0) of every tensor of a batch."""
-    n = batch["image_ids"].shape[0]
-    if n < 4:
-        raise ConfigError(f"loss.meta_test_batch='split' needs at least 4 items per rank, got {n}")
-    h = n // 2
-    first, second = {}, {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n:
-            first[k], second[k] = v[:h], v[h:]
-        else:
-            first[k] = second[k] = v
-    return first, second
-
-
-def select_virtual(names: list[str], spec: list[str]) -> list[str]:
-    """Names of the parameters that take the virtual step (see ``virtual_params``)."""
-    if not spec:
-        raise ConfigError("loss.virtual_params is empty (use 'all', 'heads' or parameter-name prefixes)")
-    chosen: list[str] = []
-    for item in spec:
-        if item == "all":
-            hits = names
-        elif item == "heads":
-            hits = [n for n in names if n.startswith(HEAD_PREFIXES)]
-        else:
-            hits = [n for n in names if n == item or n.startswith(item.rstrip(".") + ".")]
-        if not hits:
-            raise ConfigError(f"loss.virtual_params: {item!r} matches no parameter "
-                              f"(names: {', '.join(names)})")
-        chosen += [n for n in hits if n not in chosen]
-    return [n for n in names if n in chosen]
 
 
 @register_method("covlr")
@@ -358,37 +312,18 @@ class CoVLR(TowerEncoders, Method):
 
     def _meta_loss_and_cosine(self, l_mt: torch.Tensor, test_batch: dict[str, torch.Tensor], v_loc: torch.Tensor,
                               t_loc: torch.Tensor, stepping: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``beta * L_mt(theta')`` as a loss with the same value and gradient, plus the logged
-        cosine between that gradient (the meta gradient) and ``grad L_mt(theta)`` (the plain
-        structure gradient, the one a weighted structure term without the meta step would give).
-
-        The meta gradient is taken here (one pass through the second-order graph, as the
-        trainer's backward would take it) and returned as ``sum_p p * g_p`` with its value
-        replaced by ``beta * L_mt``, so it is computed once."""
+        """``beta * L_mt(theta')`` and the logged gradient diagnostics (:func:`meta_gradient_loss`);
+        the plain structure term is ``L_mt`` at theta on the meta-test batch."""
         o = self.loss_opts
-        params = [p for p in self.encoders.parameters() if p.requires_grad]
-        scale = self._inner_scale(l_mt.device)
-        meta = torch.autograd.grad(l_mt * scale, params, allow_unused=True, retain_graph=True)
-        meta = [torch.zeros_like(p) if g is None else g / scale for p, g in zip(params, meta)]
+        plain = None
         if stepping:
             if o.meta_test_batch == "same":
                 v_plain, t_plain = v_loc, t_loc
             else:
                 v_plain, t_plain = self.encode_images(test_batch), self.encode_texts(test_batch)
-            l_plain, _ = self._structure(test_batch, v_plain, t_plain)
-            plain = torch.autograd.grad(l_plain * scale, params, allow_unused=True, retain_graph=True)
-            plain = [torch.zeros_like(p) if g is None else g / scale for p, g in zip(params, plain)]
-        else:  # no virtual step: the meta gradient is the plain one
-            plain = meta
-        with torch.no_grad():
-            flat_m = torch.cat([g.float().reshape(-1) for g in meta])
-            flat_p = torch.cat([g.float().reshape(-1) for g in plain])
-            cosine = torch.nn.functional.cosine_similarity(flat_m, flat_p, dim=0)
-        surrogate = sum((p * g.detach()).sum() for p, g in zip(params, meta))
-        value = o.beta * l_mt.detach()
-        meta_loss = o.beta * surrogate + (value - o.beta * surrogate.detach())
-        return meta_loss, {"meta_plain_cosine": cosine, "meta_grad_norm": flat_m.norm(),
-                           "plain_grad_norm": flat_p.norm()}
+            plain, _ = self._structure(test_batch, v_plain, t_plain)
+        params = [p for p in self.encoders.parameters() if p.requires_grad]
+        return meta_gradient_loss(l_mt, plain, params, o.beta, self._inner_scale(l_mt.device))
 
     def _log_temperature(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(self.criterion, SoftIdInfoNCE):
@@ -509,41 +444,6 @@ class CoVLR(TowerEncoders, Method):
                 p.requires_grad_(False)
             self._teacher.append(teacher.eval())
         return self._teacher[0]
-
-
-def anchor_count(criterion: nn.Module, batch: int) -> int:
-    """Number of anchor terms the cross-modal loss sums: ``2 * batch`` for the hinge (each image
-    and each caption of the global batch), 1 for InfoNCE (already a mean)."""
-    return 2 * batch if isinstance(criterion, HingeLoss) else 1
-
-
-def sum_sizes_before(n_local: int) -> int:
-    """Row offset of this rank's slice in a gathered tensor (rank order, sizes all-gathered)."""
-    import torch.distributed as dist
-
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist_utils.world_size())]
-    dist.all_gather(sizes, torch.tensor([n_local], device=device))
-    return int(sum(int(s.item()) for s in sizes[: dist_utils.rank()]))
-
-
-def all_reduce_grads(grads: list[torch.Tensor], *, differentiable: bool) -> list[torch.Tensor]:
-    """Sum a list of tensors over ranks in one flat all-reduce (differentiable if asked)."""
-    import torch.distributed as dist
-
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    if differentiable:
-        from torch.distributed.nn.functional import all_reduce
-
-        flat = all_reduce(flat)
-    else:
-        flat = flat.clone()
-        dist.all_reduce(flat)
-    out, offset = [], 0
-    for g in grads:
-        out.append(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-    return out
 
 
 __all__ = ["CoVLR", "CoVLRLossOptions", "CoVLRModelOptions", "first_occurrence", "select_virtual",
