@@ -112,12 +112,11 @@ def strongest_vse(results: dict[str, dict[int, dict[str, float]]]) -> str | None
 
 
 def verdict(diffs: list[float]) -> str:
-    """``holds`` when the method is ahead on every seed, ``mixed`` when on average only."""
-    if not diffs:
-        return "—"
-    if all(d > 0 for d in diffs):
-        return "holds"
-    return "mixed" if statistics.fmean(diffs) > 0 else "does not hold"
+    """``holds`` when the method is ahead on every seed, ``mixed`` when on average only
+    (the report's rule, :func:`featvlr.report.strongest.verdict`)."""
+    from featvlr.report.strongest import verdict as report_verdict
+
+    return report_verdict(diffs) if diffs else "—"
 
 
 def table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> str:

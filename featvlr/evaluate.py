@@ -55,21 +55,12 @@ __all__ = ["EvalFlags", "format_table", "group_metrics", "plot_results", "run_ev
 def _truth_file(cache: str | Path | None, split: str) -> Path | None:
     """The truth file of a composed split the cache was extracted from, when its source folder
     has one beside it (the demo's ``truth/cirr_<split>_edits.json``)."""
-    import json
+    from featvlr.evaluation.inputs import source_truth_folder
 
-    if not cache or not Path(cache).is_file():
+    folder = source_truth_folder(cache)
+    if folder is None:
         return None
-    try:
-        from featvlr.store import FeatureStore
-
-        sources = FeatureStore(cache).attrs.get("sources")
-        sources = json.loads(sources) if isinstance(sources, str) else sources
-        root = sources.get("root") if isinstance(sources, dict) else None
-    except Exception:  # a cache without provenance: no truth file to point at
-        return None
-    if not root:
-        return None
-    truth = Path(root).parent / "truth" / f"cirr_{split}_edits.json"
+    truth = folder / f"cirr_{split}_edits.json"
     return truth if truth.is_file() else None
 
 

@@ -25,6 +25,27 @@ def has_npy_header(path: str | os.PathLike) -> bool:
         return fh.read(len(NPY_MAGIC)) == NPY_MAGIC
 
 
+def map_npy(path: Path, contents: str):
+    """Memory-map a ``.npy`` of numbers, or raise :class:`~featvlr.errors.InputError` naming the
+    problem: no ``.npy`` header (``contents`` says what to ``numpy.save``), pickled Python
+    objects, or a truncated file."""
+    import numpy as np
+
+    from featvlr.errors import InputError
+
+    if not has_npy_header(path):
+        raise InputError(path, "not a numpy array file: it does not start with the .npy header (save the "
+                               f"{contents} with numpy.save)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc) or "object" in str(exc):
+            raise InputError(path, "not a numpy array file of numbers: it holds Python objects") from None
+        raise InputError(path, f"not a readable .npy array: {exc}") from None
+    except Exception as exc:  # truncated
+        raise InputError(path, f"not a readable .npy array (truncated?): {exc}") from None
+
+
 def partial_name(path: str | os.PathLike) -> Path:
     """The temporary name used while ``path`` is written: ``<name>.<pid>.partial<suffix>``.
 

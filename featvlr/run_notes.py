@@ -12,15 +12,18 @@ from featvlr.evaluation.geometry import collapse_warning
 
 
 def run_warnings(active: dict[str, bool], best_metrics: dict[str, Any], select_split: str, steps: int) -> list[str]:
-    """What a reader of this run's numbers must know: loss terms (and ``*_on`` switches) that
-    were zero at every step, and a collapsed embedding space at the chosen checkpoint."""
-    out = [f"{name} was zero at every one of the run's {steps} steps: the term never acted (a weight of 0, or a "
-           "warm-up or switch-on point past the end of the run?), so its effect is not in these numbers"
-           for name, on in sorted(active.items()) if not on]
+    """What a reader of this run's numbers must know: :func:`inactive_terms`, and a collapsed
+    embedding space at the chosen checkpoint."""
     collapsed = collapse_warning(best_metrics)
-    if collapsed:
-        out.append(f"at the selected checkpoint ({select_split} split) {collapsed}")
-    return out
+    return inactive_terms(active, steps) + (
+        [f"at the selected checkpoint ({select_split} split) {collapsed}"] if collapsed else [])
+
+
+def inactive_terms(active: dict[str, bool], steps: int) -> list[str]:
+    """One warning per loss term (or ``*_on`` switch) that was zero at every step."""
+    return [f"{name} was zero at every one of the run's {steps} steps: the term never acted (a weight of 0, or a "
+            "warm-up or switch-on point past the end of the run?), so its effect is not in these numbers"
+            for name, on in sorted(active.items()) if not on]
 
 
 def geometry_note(metrics: dict[str, Any]) -> str:
@@ -31,4 +34,4 @@ def geometry_note(metrics: dict[str, Any]) -> str:
     return f", cos img {img:.2f} txt {txt:.2f}" + (" (collapsed)" if collapse_warning(metrics) else "")
 
 
-__all__ = ["geometry_note", "run_warnings"]
+__all__ = ["geometry_note", "inactive_terms", "run_warnings"]

@@ -48,7 +48,7 @@ from featvlr.device import pick_device
 from featvlr.methods.registry import get_method
 from featvlr.provenance import check_run_config, config_hash
 from featvlr.records import flatten_numbers
-from featvlr.run_notes import geometry_note, run_warnings
+from featvlr.run_notes import geometry_note, inactive_terms, run_warnings
 from featvlr.runlog import RunLogger
 from featvlr.store import StoreSplit, open_store
 from featvlr.tasks import get_task
@@ -426,7 +426,8 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
 
             result.test_metrics = write_eval(method, task, task.eval_split(store, cfg.data.test_split), cfg, device,
                                              run_dir / "eval" / f"{cfg.data.test_split}.json",
-                                             checkpoint=run_dir / "ckpt" / "best.pt", warnings=result.warnings)
+                                             checkpoint=run_dir / "ckpt" / "best.pt",
+                                             warnings=inactive_terms(active, step))
             logger.log({"event": "test", **flatten_numbers(result.test_metrics, sep="/", scalars_only=True)})
     logger.close()
     return result

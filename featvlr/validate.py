@@ -34,8 +34,8 @@ def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
                checkpoint: str | Path | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
     """Evaluate every configured scenario on ``split``; write the results JSON and plots at ``path``.
 
-    ``warnings`` (the trainer's, :func:`featvlr.train.run_warnings`) are recorded with the
-    results (``"warnings"``), together with a collapse warning of this split's own geometry."""
+    ``warnings`` (the trainer's loss terms that never acted, :func:`featvlr.run_notes.inactive_terms`)
+    are recorded with the results (``"warnings"``), with a collapse warning of this split's own geometry."""
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -44,7 +44,7 @@ def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
     from featvlr.evaluation.geometry import collapse_warning
     from featvlr.provenance import config_hash
 
-    notes = [w for w in (warnings or []) if "selected checkpoint" not in w]
+    notes = list(warnings or [])
     collapsed = collapse_warning(metrics)
     notes += [f"on the {split.name} split {collapsed}"] if collapsed else []
     record = write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),

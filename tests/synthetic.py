@@ -54,3 +54,23 @@ def write_tiny_cache(path: Path, *, n_img: int = 6, per: int = 5, d: int = 4,
         w.write("texts/test/image_index", np.arange(n_txt, dtype=np.int64) // per)
         w.write("relevance/test/rougeL", rng.random((n_txt, n_img)).astype(np.float32))
     return Path(path)
+
+
+def synthetic_config(cache: Path, *, method: str = "vse", epochs: int = 1, **sections: dict) -> dict:
+    """A small run config over a synthetic cache: embed 16, batch 32, i2t/t2i only, no
+    progress bars; ``sections`` are merged into (or added as) config sections."""
+    cfg = {"method": method, "data": {"cache": str(cache), "dataset": "synthetic"},
+           "model": {"embed_dim": 16}, "train": {"epochs": epochs, "batch_size": 32, "progress": False},
+           "eval": {"scenarios": ["i2t", "t2i"], "dev_scenarios": ["i2t", "t2i"]}}
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
+
+
+def write_synthetic_config(path: Path, cache: Path, **options) -> Path:
+    """:func:`synthetic_config` written as YAML at ``path``."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(synthetic_config(cache, **options)))
+    return path
+

@@ -13,19 +13,14 @@ from featvlr.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.errors import ConfigError
 from featvlr.report import paired_randomization_test, rsum_contributions, write_report
 
-from synthetic import write_synthetic_cache
+from synthetic import write_synthetic_cache, write_synthetic_config
 
 
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("abl")
     cache = write_synthetic_cache(root / "syn.h5", n_images=(64, 16, 16))
-    cfg = {"method": "vse", "data": {"cache": str(cache), "dataset": "synthetic"},
-           "model": {"embed_dim": 16}, "train": {"epochs": 1, "batch_size": 32, "progress": False},
-           "eval": {"scenarios": ["i2t", "t2i"], "dev_scenarios": ["i2t", "t2i"]}}
-    path = root / "base.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_synthetic_config(root / "base.yaml", cache)
 
 
 def test_grid_expands_as_stated(base_config, tmp_path):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from featvlr.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import load_config
 from featvlr.demo import DEMO_DEFAULTS
 from featvlr.demo.captions import CAPTIONS_PER_IMAGE
 
-from synthetic import write_synthetic_cache
+from synthetic import write_synthetic_cache, write_synthetic_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -33,13 +31,9 @@ def test_a_method_grid_from_demo_vse_gives_every_method_its_demo_recipe(tmp_path
 
 def test_a_term_that_never_acts_is_a_warning_in_the_report(tmp_path):
     cache = write_synthetic_cache(tmp_path / "syn.h5", n_images=(64, 16, 16))
-    common = {"data": {"cache": str(cache), "dataset": "synthetic"},
-              "train": {"epochs": 1, "batch_size": 32, "progress": False},
-              "eval": {"dev_scenarios": ["i2t", "t2i"], "scenarios": ["i2t", "t2i"]}}
-    (tmp_path / "syn_vse.yaml").write_text(yaml.safe_dump({"method": "vse", **common, "model": {"embed_dim": 16}}))
+    write_synthetic_config(tmp_path / "syn_vse.yaml", cache)
     # this dataset's HREM recipe switches its graph on after 1000 steps; the run has 10
-    (tmp_path / "syn_hrem.yaml").write_text(yaml.safe_dump(
-        {"method": "hrem", **common, "model": {"embed_dim": 16}, "loss": {"graph_warmup_steps": 1000}}))
+    write_synthetic_config(tmp_path / "syn_hrem.yaml", cache, method="hrem", loss={"graph_warmup_steps": 1000})
     result = run_ablation(tmp_path / "syn_vse.yaml", ["method=vse,hrem"], [0], tmp_path / "ab", jobs=1)
     text = Path(result["report"]["markdown"]).read_text()
     assert "Warning, hrem (seed 0): graph_on was zero at every one of the run's 10 steps" in text

@@ -17,20 +17,15 @@ import yaml
 from featvlr.errors import ConfigError
 from featvlr.tuning.space import parse_dimension, parse_space
 
-from synthetic import write_synthetic_cache
+from synthetic import write_synthetic_cache, write_synthetic_config
 
 
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tune")
     cache = write_synthetic_cache(root / "syn.h5", n_images=(64, 16, 16))
-    cfg = {"method": "vse", "data": {"cache": str(cache), "dataset": "synthetic"},
-           "model": {"embed_dim": 16}, "train": {"epochs": 2, "batch_size": 32, "progress": False},
-           "eval": {"scenarios": ["i2t", "t2i"], "dev_scenarios": ["i2t", "t2i"]},
-           "tune": {"space": {"train.lr": "log:1e-3:3e-2", "loss.margin": "0.05:0.4"}}}
-    path = root / "base.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_synthetic_config(root / "base.yaml", cache, epochs=2,
+                                  tune={"space": {"train.lr": "log:1e-3:3e-2", "loss.margin": "0.05:0.4"}})
 
 
 def _study(out: Path):

@@ -291,18 +291,13 @@ def _scene_descriptions(cache: Path) -> dict[str, str]:
     the cache's source folder (the demo writes them; a real dataset has none: empty)."""
     import json
 
-    from featvlr.store import FeatureStore
+    from featvlr.evaluation.inputs import source_truth_folder
 
-    try:
-        sources = FeatureStore(cache).attrs.get("sources")
-        sources = json.loads(sources) if isinstance(sources, str) else sources
-        root = sources.get("root") if isinstance(sources, dict) else None
-    except Exception:  # a cache without provenance: ids alone
-        return {}
-    if not root:
+    folder = source_truth_folder(cache)
+    if folder is None:  # a cache without provenance: ids alone
         return {}
     out: dict[str, str] = {}
-    for path in sorted((Path(root).parent / "truth").glob("*_scenes.json")):
+    for path in sorted(folder.glob("*_scenes.json")):
         try:
             scenes = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -41,9 +41,10 @@ def mean_pairwise_cosine(x: torch.Tensor) -> float:
 
 
 def _first_captions(txt2img: np.ndarray, n_images: int) -> np.ndarray:
+    """Per image, the index of its first caption (-1 for an image without one)."""
     first = np.full(n_images, -1, dtype=np.int64)
-    for t in range(len(txt2img) - 1, -1, -1):
-        first[txt2img[t]] = t
+    images, index = np.unique(txt2img, return_index=True)
+    first[images] = index
     return first
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from featvlr.errors import InputError
+from featvlr.fileio import map_npy
 
 
 def eval_dir(target: Path) -> Path:
@@ -47,19 +48,7 @@ def load_sims(path: Path) -> np.ndarray:
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "a folder, not a numpy array file (.npy)")
-    with path.open("rb") as fh:
-        magic = fh.read(6)
-    if magic != b"\x93NUMPY":
-        raise InputError(path, "not a numpy array file: it does not start with the .npy header (save the matrix "
-                               "with numpy.save)")
-    try:
-        sims = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc) or "object" in str(exc):
-            raise InputError(path, "not a numpy array file of numbers: it holds Python objects") from None
-        raise InputError(path, f"not a readable .npy array: {exc}") from None
-    except OSError as exc:
-        raise InputError(path, f"not a readable .npy array (truncated?): {exc}") from None
+    sims = map_npy(path, "matrix")
     if sims.ndim != 2:
         raise InputError(path, f"expected a 2-D [n_images, n_texts] matrix, got shape {sims.shape}")
     return sims
@@ -125,3 +114,24 @@ def has_relevance(data: Any) -> bool:
     if isinstance(data, dict):
         return data.get("relevance") is not None or bool(data.get("relevance_kinds"))
     return bool(data.relevance_kinds())
+
+
+def source_truth_folder(cache: str | Path | None) -> Path | None:
+    """The ``truth/`` folder beside the source the cache was extracted from (the demo writes
+    its scene graphs and edits there), read from the cache's ``sources`` provenance; None for a
+    cache without provenance or a source without such a folder."""
+    import json
+
+    if not cache or not Path(cache).is_file():
+        return None
+    try:
+        from featvlr.store import FeatureStore
+
+        sources = FeatureStore(cache).attrs.get("sources")
+        sources = json.loads(sources) if isinstance(sources, str) else sources
+        root = sources.get("root") if isinstance(sources, dict) else None
+    except Exception:  # a cache without provenance
+        return None
+    truth = Path(root).parent / "truth" if root else None
+    return truth if truth is not None and truth.is_dir() else None
+

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from featvlr.errors import ConfigError, InputError
-from featvlr.fileio import has_npy_header
+from featvlr.fileio import map_npy
 
 __all__ = ["extract_precomp", "read_captions", "find_splits", "default_out_path", "write_texts", "write_relevance",
            "relevance_plan"]
@@ -107,17 +107,7 @@ def open_features(path: Path) -> np.ndarray:
     """Memory-map a float ``.npy`` of rank 2 or 3, or raise :class:`InputError`."""
     if not path.is_file():
         raise InputError(path, "no such features file")
-    if not has_npy_header(path):
-        raise InputError(path, "not a numpy array file: it does not start with the .npy header (save the "
-                               "features with numpy.save)")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc) or "object" in str(exc):
-            raise InputError(path, "not a numpy array file of numbers: it holds Python objects") from None
-        raise InputError(path, f"not a readable .npy array: {exc}") from None
-    except Exception as exc:  # truncated
-        raise InputError(path, f"not a readable .npy array (truncated?): {exc}") from None
+    arr = map_npy(path, "features")
     if arr.dtype.kind != "f":
         raise InputError(path, f"features must be floating point, the file holds {arr.dtype}")
     if arr.ndim not in (2, 3):
