@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from featvlr.ablate import parse_grid, plan_runs, run_ablation
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import save_config
-from featvlr.demo_run import build_demo_caches, find_config
+from featvlr.app.demo import build_demo_caches, find_config
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from featvlr.metrics import cross_modal_recall
+from featvlr.retrieval.metrics import cross_modal_recall
 from featvlr.retrieval import DenseScores, EmbeddingScores, faiss_search, group_positives, ranks, ranks_from_topk, topk
-from featvlr.scenarios import evaluate_cross_modal
+from featvlr.evaluation.scenarios import evaluate_cross_modal
 
 
 def _status(key: str) -> int:

@@ -106,9 +106,9 @@ def max_rss_mib() -> float:
 
 
 def part1(args, work: Path) -> None:
-    from featvlr.sources.precomp import extract_precomp
-    from featvlr.sources.text_encoder import TextEncoder
-    from featvlr.store import FeatureStore
+    from featvlr.extract.precomp import extract_precomp
+    from featvlr.extract.text_encoder import TextEncoder
+    from featvlr.cache.store import FeatureStore
 
     n, cpi = args.images, 5
     root = work / "f30k_precomp"
@@ -159,8 +159,8 @@ def part1(args, work: Path) -> None:
 
 def part2_child(args) -> None:
     """Stream a big region file into a cache; print JSON figures (runs in its own process)."""
-    import featvlr.sources.precomp as precomp
-    from featvlr.store import CacheWriter
+    import featvlr.extract.precomp as precomp
+    from featvlr.cache.store import CacheWriter
 
     work = Path(args.workdir)
     n = int(args.big_gb * (1 << 30) // (36 * 2048 * 4))

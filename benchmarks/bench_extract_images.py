@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from featvlr.sources.vision_backbone import VisionBackbone
+    from featvlr.extract.vision_backbone import VisionBackbone
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_images_"))
     try:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"backbone {bb.provenance()['class']} regions [{bb.n_regions}, {bb.dim}] global {bb.global_dim} "
               f"on {bb.device} ({'fp16 autocast' if bb.amp else 'fp32'}), batch {args.batch_size}, "
               f"{args.workers} workers", flush=True)
-        from featvlr.sources.vision_backbone import decode_image
+        from featvlr.extract.vision_backbone import decode_image
 
         pixels = bb.preprocess([decode_image(p) for p in paths])
         if bb.device.type == "cuda":

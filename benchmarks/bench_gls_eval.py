@@ -2,7 +2,7 @@
 
 Synthetic (default): encoded splits of Flickr30K shape (36 regions + the CLS slot, captions of 12-20 tokens,
 5 captions per image) are scored and ranked i2t + t2i by the evaluator
-(:func:`featvlr.scenarios.evaluate_cross_modal`) exactly as ``featvlr eval`` does for
+(:func:`featvlr.evaluation.scenarios.evaluate_cross_modal`) exactly as ``featvlr eval`` does for
 ``model.eval_mode`` G, L and GL. Encoding is excluded (the same for every mode). Prints one
 row per gallery size and mode: seconds, the number of token-level (local) pair scores, and
 the speed-up of GL over L.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from featvlr.methods.base import FeatureDims
 from featvlr.methods.gls import GLS, GLSLossOptions, GLSModelOptions
-from featvlr.scenarios import evaluate_cross_modal, pairwise_score_fn
+from featvlr.evaluation.scenarios import evaluate_cross_modal, pairwise_score_fn
 
 
 def encoded_split(n_images: int, d: int, device: torch.device, seed: int = 0):
@@ -53,7 +53,7 @@ def _sync(device: torch.device) -> None:
 
 
 def run_mode(method: GLS, images, texts, split=None, **kwargs) -> tuple[dict[str, float], float]:
-    """Score and rank i2t + t2i as :func:`featvlr.scenarios.evaluate_method` does for the
+    """Score and rank i2t + t2i as :func:`featvlr.evaluation.scenarios.evaluate_method` does for the
     method's mode: ``(metrics, seconds)``."""
     device = images["mask" if "mask" in images else "global"].device
     if split is None:
@@ -72,9 +72,9 @@ def run_mode(method: GLS, images, texts, split=None, **kwargs) -> tuple[dict[str
 
 
 def evaluate_runs(runs: list[str], extra_gl: list[str], device: torch.device, split_name: str = "") -> None:
-    from featvlr.checkpoint import load_method
+    from featvlr.core.checkpoint import load_method
     from featvlr.evaluation.embed import embed_split
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     rows: dict[str, list[tuple[float, float, float]]] = {}
     print(f"{'run':<28} {'mode':<12} {'rsum':>7} {'encode s':>9} {'score+rank s':>13}")

@@ -27,8 +27,8 @@ import torch
 from featvlr.config import load_config
 from featvlr.data import BatchStream, CaptionBatches, region_batch, text_batch, to_tensors
 from featvlr.methods import StepState, get_method
-from featvlr.store import CacheWriter, FeatureStore
-from featvlr.train import feature_dims
+from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.training.trainer import feature_dims
 
 
 def write_f30k_shaped(path: Path, n_images: int, seed: int = 0) -> None:

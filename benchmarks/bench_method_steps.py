@@ -45,8 +45,8 @@ from bench_loader import write_f30k_shaped  # noqa: E402
 from featvlr.config import load_config  # noqa: E402
 from featvlr.data import CaptionBatches  # noqa: E402
 from featvlr.methods import StepState, get_method  # noqa: E402
-from featvlr.store import FeatureStore  # noqa: E402
-from featvlr.train import feature_dims  # noqa: E402
+from featvlr.cache.store import FeatureStore  # noqa: E402
+from featvlr.training.trainer import feature_dims  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # name -> (config method, extra overrides, StepState keyword arguments)

@@ -29,8 +29,8 @@ from featvlr.data import move_to
 from featvlr.evaluation.composed import evaluate_composed_method
 from featvlr.data.composed import ComposedBatches
 from featvlr.methods import StepState, get_method
-from featvlr.store import CacheWriter, FeatureStore
-from featvlr.train import feature_dims
+from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.training.trainer import feature_dims
 
 
 def synthetic_cache(path: Path, n_train: int, dim: int, n_aug: int = 4, seed: int = 0) -> Path:
@@ -110,7 +110,7 @@ def main() -> None:
         else:
             cache = Path(args.cache)
             if not cache.exists():
-                from featvlr.demo_run import build_demo_caches
+                from featvlr.app.demo import build_demo_caches
 
                 build_demo_caches(cache.parent)
             where = str(cache)

@@ -41,8 +41,8 @@ import torch
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.methods import StepState, get_method
-from featvlr.store import FeatureStore
-from featvlr.train import feature_dims
+from featvlr.cache.store import FeatureStore
+from featvlr.training.trainer import feature_dims
 
 BASE = "contrastive_loss"
 

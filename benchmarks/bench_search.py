@@ -41,7 +41,7 @@ def encode_latency(dim: int, n: int) -> list[float]:
     from featvlr.inference.text import captions_batch
     from featvlr.methods import get_method
     from featvlr.methods.base import FeatureDims
-    from featvlr.sources.text_encoder import TextEncoder
+    from featvlr.extract.text_encoder import TextEncoder
 
     enc = TextEncoder(device="cpu", batch_size=1)
     cfg = load_config(None, ["method=vse", f"model.embed_dim={dim}"])

@@ -19,8 +19,8 @@ import torch
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.methods import StepState, get_method
-from featvlr.store import CacheWriter, FeatureStore
-from featvlr.train import feature_dims, train
+from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.training.trainer import feature_dims, train
 
 
 def write_f30k_shaped(path: Path, n_images: int, seed: int = 0) -> None:
@@ -82,7 +82,7 @@ def main() -> None:
             opt.step()
         bare = args.steps * args.batch / (time.perf_counter() - t)
 
-        # 3. the engine: featvlr.train.train, loader included
+        # 3. the engine: featvlr.training.trainer.train, loader included
         with tempfile.TemporaryDirectory() as runs:
             t = time.perf_counter()
             train(load_config(None, sets + ["train.epochs=1"]), Path(runs) / "r")

@@ -89,7 +89,7 @@ def dropped_terms(names: list[str]):
 
 def run(method: str, seed: int, cache: Path, runs: Path, overrides: list[str], reuse: bool, tag: str = "",
         drop: list[str] | None = None) -> Path:
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     run_dir = runs / f"{method}{tag}_s{seed}"
     if reuse and (run_dir / "eval" / "test1.json").exists():
@@ -113,12 +113,12 @@ def level_scores(run_dir: Path, cache: Path, truth: dict[str, str]) -> dict[str,
     """``{query name: {"val": metrics, "test1": metrics}}`` of best.pt's level queries (:data:`LEVEL_QUERIES`)."""
     import torch
 
-    from featvlr.checkpoint import load_method
+    from featvlr.core.checkpoint import load_method
     from featvlr.data.composed import iter_query_batches
     from featvlr.evaluation.composed import cirr_submission, evaluate_composed
     from featvlr.evaluation.embed import embed_composed_split
     from featvlr.modules.combiner import unit
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     method, _ = load_method(run_dir, which="best")
     store = FeatureStore(cache)

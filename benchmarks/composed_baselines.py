@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     cache = Path(args.cache)
     truth_file = Path(args.data or cache.parent / "demo_data") / "truth" / "cirr_test1_edits.json"

@@ -36,8 +36,8 @@ def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
 
 def run_all(configs: list[Path], cache_dir: Path, out_dir: Path, epochs: int | None) -> dict[str, dict]:
     from featvlr.config import load_config
-    from featvlr.demo_run import build_demo_caches
-    from featvlr.train import train
+    from featvlr.app.demo import build_demo_caches
+    from featvlr.training.trainer import train
 
     paths = build_demo_caches(cache_dir, progress=False)
     results: dict[str, dict] = {}

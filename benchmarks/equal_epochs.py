@@ -59,7 +59,7 @@ VSE_VARIANTS = {"vse": [], "vse_hardest": ["loss.max_violation=true", "loss.warm
 
 def test_metrics(run_dir: Path) -> dict[str, float]:
     """Test metrics of best.pt, and the best dev rsum over epochs (the value that chose it)."""
-    from featvlr.records import flatten_numbers
+    from featvlr.core.flatten import flatten_numbers
 
     rec = json.loads((run_dir / "eval" / "test.json").read_text(encoding="utf-8"))
     out = {k: float(v) for k, v in flatten_numbers(rec.get("metrics", rec), sep="/").items()
@@ -74,7 +74,7 @@ def test_metrics(run_dir: Path) -> dict[str, float]:
 
 def run_one(method: str, seed: int, cache: Path, run_dir: Path, sets: list[str], reuse: bool) -> dict[str, float]:
     from featvlr.config import load_config
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     timing = run_dir / "bench_seconds.txt"
     if reuse and (run_dir / "eval" / "test.json").exists():
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from featvlr.demo_run import build_demo_caches
+    from featvlr.app.demo import build_demo_caches
 
     spec = DATASETS[args.dataset]
     features = args.features or args.runs / args.dataset / "features"

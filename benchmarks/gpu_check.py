@@ -37,8 +37,8 @@ def epoch_records(run_dir: Path) -> list[dict]:
 
 def train_configs(args, out_dir: Path) -> list[dict]:
     from featvlr.config import load_config
-    from featvlr.demo_run import build_demo_caches
-    from featvlr.train import train
+    from featvlr.app.demo import build_demo_caches
+    from featvlr.training.trainer import train
 
     paths = build_demo_caches(args.cache_dir, progress=False)
     rows = []

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from featvlr.commands import COMMAND_MODULES
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 
 # The order of the top-level help: the steps of the work first, then the rest as registered.
 FIRST_COMMANDS = ("extract", "train", "eval", "demo")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.methods import register_method
 from featvlr.methods.vse import VSE
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featvlr.store import CacheWriter
+from featvlr.cache.store import CacheWriter
 
 
 def write_synthetic_cache(path: Path, *, n_images=(64, 16, 16), regions: int = 6, region_dim: int = 24,

@@ -19,8 +19,8 @@ from featvlr.data import CaptionBatches
 from featvlr.methods import StepState, get_method
 from featvlr.methods.registry import list_methods
 from featvlr.modules.combiner import Combiner
-from featvlr.store import FeatureStore
-from featvlr.train import feature_dims
+from featvlr.cache.store import FeatureStore
+from featvlr.training.trainer import feature_dims
 
 from synthetic import write_synthetic_cache
 from test_mlcl import make_method as make_composed_method

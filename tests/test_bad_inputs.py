@@ -30,7 +30,7 @@ import torch
 
 from featvlr.config import DataConfig, EvalConfig, TrainConfig
 from featvlr.methods.registry import get_method, list_methods
-from featvlr.schema import rule_of
+from featvlr.core.schema import rule_of
 
 from synthetic import write_synthetic_cache
 
@@ -167,7 +167,7 @@ def world(tmp_path_factory):
     w.not_h5.write_text("not hdf5")
     w.run = root / "vse_run"
     from featvlr.config import load_config
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     train(load_config(w.vse, [*QUICK, "train.epochs=1"]), w.run)
     return w
@@ -316,7 +316,7 @@ def test_interrupted_train_says_what_is_saved_and_how_to_resume(world, tmp_path,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {run} after epoch {match[2]}" in resumed.stderr
-    from featvlr.checkpoint import load_checkpoint
+    from featvlr.core.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "ckpt" / "last.pt")["epoch"] == 12
 
@@ -371,7 +371,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_weights(world, tmp_
     resumed = subprocess.run([sys.executable, "-m", "featvlr.cli", *map(str, again)], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, (kill_at, resumed.stderr)
-    from featvlr.checkpoint import load_checkpoint
+    from featvlr.core.checkpoint import load_checkpoint
 
     a = load_checkpoint(tmp_path / "full" / "ckpt" / "last.pt")
     b = load_checkpoint(run / "ckpt" / "last.pt")
@@ -388,7 +388,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_partials_of_a_dead_writer_are_removed(tmp_path):
-    from featvlr.fileio import remove_stale_partials
+    from featvlr.core.fileio import remove_stale_partials
 
     stale = tmp_path / f"last.{_dead_pid()}.partial.pt"
     live = tmp_path / f"best.{os.getpid()}.partial.pt"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from featvlr.config import config_to_dict, load_config, save_config
-from featvlr.errors import ConfigError, InputError
+from featvlr.core.errors import ConfigError, InputError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

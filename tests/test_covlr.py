@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 from featvlr.losses.structure import (
     StructurePreservationLoss,
     off_diagonal,
@@ -274,7 +274,7 @@ def test_frozen_references_get_no_gradient():
 
 
 def test_teacher_reference_is_frozen(tmp_path):
-    from featvlr.checkpoint import save_checkpoint
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import Config, config_to_dict
 
     cls = get_method("vse")

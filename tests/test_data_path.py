@@ -11,7 +11,7 @@ import torch
 
 from featvlr.data import BatchStream, CaptionBatches
 from featvlr.data.rows import choose_placement, open_table
-from featvlr.store import CacheWriter, FeatureStore
+from featvlr.cache.store import CacheWriter, FeatureStore
 
 N_IMG, R, D, DT = 40, 7, 12, 10
 

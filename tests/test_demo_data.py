@@ -20,7 +20,7 @@ from featvlr.demo import (
     make_demo_dataset,
 )
 from featvlr.demo.vocabulary import CAT_NOUNS
-from featvlr.errors import ConfigError, InputError
+from featvlr.core.errors import ConfigError, InputError
 
 SMALL = {"n_train": 240, "n_dev": 20, "n_test": 60, "n_regions": 10, "region_dim": 64,
          "n_cirr_train": 600, "n_cirr_val": 120, "n_cirr_test": 30, "global_dim": 48, "n_aug": 3}
@@ -344,9 +344,9 @@ def test_bad_parameters(tmp_path, bad):
 
 @pytest.mark.slow
 def test_extractors_read_the_demo(tmp_path, text_encoder):
-    from featvlr.sources.composed import extract_composed
-    from featvlr.sources.precomp import extract_precomp
-    from featvlr.store import FeatureStore
+    from featvlr.extract.composed import extract_composed
+    from featvlr.extract.precomp import extract_precomp
+    from featvlr.cache.store import FeatureStore
 
     root = make_demo_dataset(tmp_path / "d", seed=2, **TINY)
     src = demo_sources(root)
@@ -366,7 +366,7 @@ def test_extractors_read_the_demo(tmp_path, text_encoder):
 
 def test_demo_build_refuses_a_folder_generated_with_other_parameters(tmp_path):
     """``featvlr demo --seed 1`` over the seed-0 data must not train on the seed-0 caches silently."""
-    from featvlr.demo_run import build_demo_caches
+    from featvlr.app.demo import build_demo_caches
 
     data = make_demo_dataset(tmp_path / "features" / "demo_data", seed=5, **TINY)
     with pytest.raises(InputError, match="seed=5 .asked 6."):

@@ -11,7 +11,7 @@ from featvlr.data import pad_tokens
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.modules import GPO, maxk_pool
 from featvlr.modules.pooling import positional_encoding_1d
-from featvlr.train import lr_factor
+from featvlr.training.trainer import lr_factor
 
 
 def test_hinge_hand_computed():

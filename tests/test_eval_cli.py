@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featvlr.metrics import cross_modal_recall
-from featvlr.store import CacheWriter
+from featvlr.retrieval.metrics import cross_modal_recall
+from featvlr.cache.store import CacheWriter
 
 from synthetic import write_tiny_cache
 
@@ -87,7 +87,7 @@ def test_sims_with_relevance_file_and_raw_memmap(files, cli):
 
 
 def test_relevance_file_read_like_extract(files, cli):
-    """--relevance goes through featvlr.relevance.load_relevance: a flat float .npy is the same
+    """--relevance goes through featvlr.retrieval.relevance.load_relevance: a flat float .npy is the same
     matrix; an integer .npy is refused."""
     root = files["root"]
     np.save(root / "rel_flat.npy", files["rel"].ravel())
@@ -107,7 +107,7 @@ def test_relevance_file_read_like_extract(files, cli):
 def test_checkpoint_run(files, tmp_path, cli):
     import torch
 
-    from featvlr.checkpoint import save_checkpoint
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
     from featvlr.methods.base import FeatureDims
     from featvlr.methods.registry import get_method
@@ -163,7 +163,7 @@ def test_bad_input_exit_2(files, cli, case, message):
 
 
 def test_composed_embeddings_and_cirr_submission(tmp_path, cli):
-    from featvlr.metrics import composed_recall
+    from featvlr.retrieval.metrics import composed_recall
 
     rng = np.random.default_rng(1)
     n_img, q = 60, 8
@@ -205,7 +205,7 @@ def test_composed_embeddings_and_cirr_submission(tmp_path, cli):
 @pytest.mark.parametrize("value", ["-1", "-5"])
 def test_negative_examples_is_refused_before_any_work(files, tmp_path, cli, value):
     """`--examples -1` is one line naming --examples, exit 2, before anything is evaluated or written."""
-    from featvlr.checkpoint import save_checkpoint
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
     from featvlr.methods.base import FeatureDims
     from featvlr.methods.registry import get_method

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from featvlr.evaluation.examples import example_queries, write_examples
+from featvlr.inference.examples import example_queries, write_examples
 from featvlr.evaluation.methods import save_query_ranks
 from featvlr.evaluation.options import EvalOptions
 

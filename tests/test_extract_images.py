@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from featvlr.errors import ConfigError, InputError
-from featvlr.sources.images import extract_images, read_karpathy
-from featvlr.store import FeatureStore
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.extract.images import extract_images, read_karpathy
+from featvlr.cache.store import FeatureStore
 
 N_SPLIT = {"train": 14, "val": 6, "test": 6, "restval": 4}
 
@@ -31,7 +31,7 @@ def tiny_tower(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone(tiny_tower):
-    from featvlr.sources.vision_backbone import VisionBackbone
+    from featvlr.extract.vision_backbone import VisionBackbone
 
     return VisionBackbone(tiny_tower, device="cpu")
 
@@ -198,7 +198,7 @@ def test_skip_bad_leaves_the_image_out(dataset, tmp_path, capsys, backbone, text
 
 def test_cli_extract_info_and_train_vse_hrem(dataset, tmp_path, cli, tiny_tower):
     from featvlr.config import load_config
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     images, ann = dataset
     out = tmp_path / "tiny.h5"
@@ -225,7 +225,7 @@ def test_other_vision_towers(tmp_path, kind, regions, pooled):
     """ViT, DINOv2 and SigLIP towers: patch tokens without the class token, their pooled vector."""
     import transformers as tf
 
-    from featvlr.sources.vision_backbone import VisionBackbone
+    from featvlr.extract.vision_backbone import VisionBackbone
 
     common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     model, proc = {

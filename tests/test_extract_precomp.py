@@ -5,10 +5,10 @@ import h5py
 import numpy as np
 import pytest
 
-from featvlr.errors import ConfigError, InputError
-from featvlr.relevance import rouge_l
-from featvlr.sources.precomp import extract_precomp
-from featvlr.store import FeatureStore
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.retrieval.relevance import rouge_l
+from featvlr.extract.precomp import extract_precomp
+from featvlr.cache.store import FeatureStore
 
 WORDS = "a the dog cat man woman runs sits on in grass red blue big small near water".split()
 
@@ -123,7 +123,7 @@ def test_relevance_per_split_spec(tmp_path, text_encoder):
 
 
 def test_plain_bert_folder_gets_mean_pooling(tmp_path, text_encoder):
-    from featvlr.sources.text_encoder import TextEncoder
+    from featvlr.extract.text_encoder import TextEncoder
 
     folder = tmp_path / "bert"
     text_encoder.model[0].auto_model.save_pretrained(folder)
@@ -138,7 +138,7 @@ def test_plain_bert_folder_gets_mean_pooling(tmp_path, text_encoder):
 # -- atomicity -----------------------------------------------------------------------------
 
 def test_crash_mid_write_leaves_nothing(tmp_path, text_encoder, monkeypatch):
-    import featvlr.sources.precomp as precomp
+    import featvlr.extract.precomp as precomp
 
     make_precomp(tmp_path / "p")
 
@@ -255,7 +255,7 @@ def test_model_folder_that_is_not_a_model(tmp_path, cli):
                        "--text-model", bogus)
     assert code == 2 and f"{bogus}: not a model folder" in err
     (bogus / "config.json").write_text("{}")                          # config without a model type
-    from featvlr.sources.text_encoder import TextEncoder
+    from featvlr.extract.text_encoder import TextEncoder
 
     with pytest.raises(InputError, match="cannot load the model") as info:
         TextEncoder(bogus, device="cpu")

@@ -112,7 +112,7 @@ def test_mean_sims():
 
 
 def _vse_run(path, cache, seed, d):
-    from featvlr.checkpoint import save_checkpoint
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
     from featvlr.methods.base import FeatureDims
     from featvlr.methods.registry import get_method
@@ -130,7 +130,7 @@ def _vse_run(path, cache, seed, d):
 
 def test_ensemble_of_two_runs(tmp_path, cli):
     from featvlr.evaluation.embed import embed_split
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     cache = write_tiny_cache(tmp_path / "tiny.h5", n_img=10, per=5, d=4, rng=0)
     runs = [tmp_path / "run_a", tmp_path / "run_b"]

@@ -62,9 +62,9 @@ def test_demo_checks_options_before_any_work(cli, tmp_path, args, first_line):
 def test_demo_with_fewer_epochs_than_done_names_the_option_before_announcing_work(cli, tmp_path, args, typed):
     """After a finished 8-epoch demo, asking for fewer epochs is refused under the option typed,
     before any "resuming" line and before the dataset is built."""
-    from featvlr.checkpoint import save_checkpoint
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import save_config
-    from featvlr.demo_run import demo_config
+    from featvlr.app.demo import demo_config
 
     out = tmp_path / "X"
     run = out / "runs" / "demo_vse"
@@ -125,9 +125,9 @@ def test_interrupted_demo_build_leaves_what_was_there(tmp_path, monkeypatch):
     import os
     import signal
 
-    from featvlr.demo_run import build_demo_caches
-    from featvlr.errors import Interrupted
-    import featvlr.sources.precomp as precomp
+    from featvlr.app.demo import build_demo_caches
+    from featvlr.core.errors import Interrupted
+    import featvlr.extract.precomp as precomp
 
     def stop(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -207,8 +207,8 @@ def test_eval_split_without_ground_truth_prints_the_files_and_the_scoring_comman
 def test_submission_guide_points_at_the_demo_truth_file(tmp_path):
     import numpy as np
 
-    from featvlr.evaluate import submission_guide
-    from featvlr.store import CacheWriter
+    from featvlr.app.evaluate import submission_guide
+    from featvlr.cache.store import CacheWriter
 
     truth = tmp_path / "demo_data" / "truth" / "cirr_test1_edits.json"
     truth.parent.mkdir(parents=True)
@@ -261,7 +261,7 @@ def test_train_log_to_tensorboard_writes_every_numeric_epoch_field(cli, tmp_path
     from synthetic import write_synthetic_cache
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from featvlr.runlog import read_log
+    from featvlr.core.runlog import read_log
 
     cache = write_synthetic_cache(tmp_path / "syn.h5", n_images=(32, 8, 8))
     code, out, err = cli("train", "--config", _tiny_config(tmp_path, cache), "--out", tmp_path / "run",
@@ -380,7 +380,7 @@ def test_scoring_a_submission_gives_the_evaluations_metrics(tmp_path):
 
     from featvlr.evaluation.composed import cirr_submission, evaluate_composed, score_cirr_submission, \
         write_cirr_submission
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     split = FeatureStore(write_composed_cache(tmp_path / "toy.h5", n_sets=(2, 12))).split("val")
     comp, names = split.composed(), split.image_ids()

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from featvlr.config import load_config
 from featvlr.evaluation.geometry import collapse_warning, embedding_geometry, mean_pairwise_cosine
-from featvlr.run_notes import run_warnings
-from featvlr.train import train
+from featvlr.training.notes import run_warnings
+from featvlr.training.trainer import train
 
 from synthetic import write_synthetic_cache
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from synthetic import write_synthetic_cache
 
-from featvlr.checkpoint import load_method
+from featvlr.core.checkpoint import load_method
 from featvlr.config import load_config
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, StepState
@@ -21,8 +21,8 @@ from featvlr.retrieval import (
     ShortlistRerankScores,
     ranks,
 )
-from featvlr.scenarios import evaluate_cross_modal
-from featvlr.train import train
+from featvlr.evaluation.scenarios import evaluate_cross_modal
+from featvlr.training.trainer import train
 
 DIMS = FeatureDims(region_dim=12, n_regions=5, text_dim=10)
 

@@ -169,10 +169,10 @@ def test_no_module_over_450_lines():
 
 # -- layers: what a module may reach through its imports (transitively) -------------------
 
-APPLICATION = ("featvlr.cli", "featvlr.commands", "featvlr.runs", "featvlr.demo_run", "featvlr.ablate", "featvlr.tuning",
+APPLICATION = ("featvlr.cli", "featvlr.commands", "featvlr.app.train_files", "featvlr.app.demo", "featvlr.tuning.ablate", "featvlr.tuning",
                "featvlr.report")
-EVALUATION = ("featvlr.evaluation", "featvlr.scenarios", "featvlr.retrieval", "featvlr.metrics",
-              "featvlr.evaluate", "featvlr.validate")
+EVALUATION = ("featvlr.evaluation", "featvlr.evaluation.scenarios", "featvlr.retrieval", "featvlr.retrieval.metrics",
+              "featvlr.app.evaluate", "featvlr.training.final_eval")
 
 
 def _in(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -193,9 +193,9 @@ def reachable(start: str, edges: set[tuple[str, str]]) -> set[str]:
 
 
 @pytest.mark.parametrize("layer,forbidden", [
-    (("featvlr.data", "featvlr.store", "featvlr.cache_writer"), ("featvlr.train",) + EVALUATION + APPLICATION),
-    (("featvlr.methods", "featvlr.modules", "featvlr.losses"), ("featvlr.train", "featvlr.tasks") + APPLICATION),
-    (("featvlr.train", "featvlr.tasks"), APPLICATION),
+    (("featvlr.data", "featvlr.cache.store", "featvlr.cache.writer"), ("featvlr.training.trainer",) + EVALUATION + APPLICATION),
+    (("featvlr.methods", "featvlr.modules", "featvlr.losses"), ("featvlr.training.trainer", "featvlr.tasks") + APPLICATION),
+    (("featvlr.training.trainer", "featvlr.tasks"), APPLICATION),
 ])
 def test_layers_have_no_back_edges(layer, forbidden):
     modules = module_files()

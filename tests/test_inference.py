@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from featvlr.config import load_config
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.composed import cirr_submission
 from featvlr.evaluation.methods import evaluate_cross_modal_method, save_query_ranks
 from featvlr.evaluation.options import EvalOptions
@@ -15,7 +15,7 @@ from featvlr.inference import RetrievalModel, rank_queries
 from featvlr.methods import get_method
 from featvlr.methods.base import FeatureDims
 from featvlr.retrieval import ranks_from_topk
-from featvlr.store import FeatureStore
+from featvlr.cache.store import FeatureStore
 
 from synthetic import write_synthetic_cache
 from test_extract_precomp import make_precomp
@@ -25,8 +25,8 @@ from test_mlcl import make_method, write_composed_cache
 @pytest.fixture(scope="module")
 def vse_run(tmp_path_factory, text_encoder):
     """A tiny precomp cache through all-MiniLM-L6-v2 and a vse run trained on it briefly."""
-    from featvlr.sources.precomp import extract_precomp
-    from featvlr.train import train
+    from featvlr.extract.precomp import extract_precomp
+    from featvlr.training.trainer import train
 
     root = tmp_path_factory.mktemp("infer")
     make_precomp(root / "data", splits=(("train", 12), ("dev", 4), ("test", 10)), regions=4, dim=8)

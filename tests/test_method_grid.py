@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featvlr.ablate import parse_grid, plan_runs, run_ablation
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import load_config
 from featvlr.demo import DEMO_DEFAULTS
 from featvlr.demo.captions import CAPTIONS_PER_IMAGE
@@ -43,7 +43,7 @@ def test_a_term_that_never_acts_is_a_warning_in_the_report(tmp_path):
 
 def test_the_report_compares_each_method_with_the_strongest_vse_on_dev(tmp_path):
     from featvlr.report.write import write_report
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     cache = write_synthetic_cache(tmp_path / "syn.h5", n_images=(64, 16, 16))
     common = [f"data.cache={cache}", "data.dataset=synthetic", "model.embed_dim=16", "train.epochs=2",

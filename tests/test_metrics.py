@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from featvlr.errors import FeatvlrError
-from featvlr.metrics import composed_recall, cross_modal_recall, ndcg
+from featvlr.core.errors import FeatvlrError
+from featvlr.retrieval.metrics import composed_recall, cross_modal_recall, ndcg
 
 # --------------------------------------------------------------------------------------
 # naive references: one full sort per query; among equal scores the ground truth goes last

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 
 from featvlr.config import config_from_dict, load_config
 from featvlr.data.composed import ComposedBatches, iter_query_batches, read_queries
-from featvlr.errors import ConfigError, FeatvlrError, InputError
+from featvlr.core.errors import ConfigError, FeatvlrError, InputError
 from featvlr.evaluation.composed import evaluate_composed_method, resolve_composed_protocol
 from featvlr.losses.mlcl import ComposedContrastiveLoss, MultiLevelContrastiveLoss, in_batch_cross_entropy
 from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
-from featvlr.metrics import composed_recall
+from featvlr.retrieval.metrics import composed_recall
 from featvlr.modules.combiner import Combiner, MultiLevelCombiner
-from featvlr.store import CacheWriter, FeatureStore
+from featvlr.cache.store import CacheWriter, FeatureStore
 
 # --------------------------------------------------------------------------------------
 # a tiny learnable composed cache (CIRR layout): target = reference + the edit the text states
@@ -446,7 +446,7 @@ def test_fashioniq_text_variants_are_drawn_per_query(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cirr", "fashioniq"])
 def test_train_end_to_end(tmp_path, cache, dataset):
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     if dataset == "cirr":
         data = {"cache": str(cache), "dataset": "cirr", "dev_split": "val", "test_split": "test1"}

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from featvlr import __version__
-from featvlr.checkpoint import load_checkpoint
+from featvlr.core.checkpoint import load_checkpoint
 from featvlr.evaluation.plots import scenario_panels
 from featvlr.evaluation.results import clean_number
-from featvlr.runlog import _Bar
+from featvlr.core.runlog import _Bar
 
 from synthetic import write_synthetic_cache
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from featvlr.checkpoint import load_checkpoint
+from featvlr.core.checkpoint import load_checkpoint
 from featvlr.config import load_config
-from featvlr.errors import InputError
-from featvlr.provenance import config_differences, config_hash
-from featvlr.train import train
+from featvlr.core.errors import InputError
+from featvlr.config.provenance import config_differences, config_hash
+from featvlr.training.trainer import train
 
 from synthetic import write_synthetic_cache
 

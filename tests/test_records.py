@@ -1,5 +1,5 @@
 """flatten_numbers: the one flattening of nested configs and results."""
-from featvlr.records import flatten_numbers
+from featvlr.core.flatten import flatten_numbers
 
 
 def test_flatten_keeps_values_and_encodes_lists():

@@ -6,8 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from featvlr.errors import InputError
-from featvlr.relevance import iter_rouge_l, load_relevance, rouge_l
+from featvlr.core.errors import InputError
+from featvlr.retrieval.relevance import iter_rouge_l, load_relevance, rouge_l
 
 
 def naive_lcs(a: list[str], b: list[str]) -> int:

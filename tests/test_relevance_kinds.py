@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 from featvlr.evaluation.cross_modal import evaluate_cross_modal
-from featvlr.relevance import parse_relevance_specs
-from featvlr.sources.precomp import extract_precomp
-from featvlr.store import FeatureStore
+from featvlr.retrieval.relevance import parse_relevance_specs
+from featvlr.extract.precomp import extract_precomp
+from featvlr.cache.store import FeatureStore
 
 from synthetic import write_tiny_cache
 from test_extract_precomp import make_precomp

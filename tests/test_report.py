@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from featvlr.ablate import parse_grid, plan_runs, run_ablation
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import config_to_dict
 from featvlr.report import group_variants, load_run, write_report
 from featvlr.report.stats import column_order, headline_columns

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.embed import concat_outputs, embed_split
 from featvlr.retrieval import (
     DenseScores,
@@ -20,7 +20,7 @@ from featvlr.retrieval import (
     rows_per_block,
     topk,
 )
-from featvlr.store import FeatureStore
+from featvlr.cache.store import FeatureStore
 
 from synthetic import write_tiny_cache
 

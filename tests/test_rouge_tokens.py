@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from featvlr.relevance import rouge_l
+from featvlr.retrieval.relevance import rouge_l
 
 
 def _precomp(root, n=3):

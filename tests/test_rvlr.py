@@ -14,16 +14,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import featvlr.teachers as teachers
-from featvlr.checkpoint import load_method, resolve_checkpoint
+import featvlr.methods.teachers as teachers
+from featvlr.core.checkpoint import load_method, resolve_checkpoint
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation, wasserstein_1d
 from featvlr.losses.structure import off_diagonal
 from featvlr.methods import StepState, get_method
-from featvlr.store import FeatureStore
-from featvlr.train import feature_dims, train
+from featvlr.cache.store import FeatureStore
+from featvlr.training.trainer import feature_dims, train
 
 from synthetic import write_synthetic_cache
 

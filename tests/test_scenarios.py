@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.methods.base import FeatureDims, Method
-from featvlr.metrics import composed_recall, cross_modal_recall
-from featvlr.scenarios import (
+from featvlr.retrieval.metrics import composed_recall, cross_modal_recall
+from featvlr.evaluation.scenarios import (
     cirr_submission,
     evaluate_composed,
     evaluate_cross_modal,
@@ -20,7 +20,7 @@ from featvlr.scenarios import (
     parse_scenarios,
     write_cirr_submission,
 )
-from featvlr.store import CacheWriter, FeatureStore
+from featvlr.cache.store import CacheWriter, FeatureStore
 
 from synthetic import write_tiny_cache
 
@@ -380,7 +380,7 @@ def test_evaluate_method_composed(tmp_path):
 
 
 def test_average_fashioniq():
-    from featvlr.scenarios import average_fashioniq
+    from featvlr.evaluation.scenarios import average_fashioniq
 
     per = {"dress": {"composed/R@10": 20.0, "composed/R@50": 40.0},
            "shirt": {"composed/R@10": 30.0, "composed/R@50": 50.0}}

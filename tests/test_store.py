@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featvlr.errors import InputError
-from featvlr.store import CacheWriter, FeatureStore
+from featvlr.core.errors import InputError
+from featvlr.cache.store import CacheWriter, FeatureStore
 
 
 def write_small_cache(path, *, n_img=3, overwrite=False, nan=False):
@@ -72,7 +72,7 @@ def test_killed_process_leaves_no_final_file(tmp_path):
     path = tmp_path / "c.h5"
     code = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from featvlr.store import CacheWriter
+        from featvlr.cache.store import CacheWriter
         with CacheWriter({str(path)!r}) as w:
             w.create("images/train/regions", (100, 2, 4), np.float32)[:50] = 1
             w.h5.flush()
@@ -155,8 +155,8 @@ def test_an_interrupt_python_dropped_still_leaves_nothing(tmp_path):
     is still honoured when the cache would be committed."""
     import signal
 
-    from featvlr.cache_writer import CacheWriter
-    from featvlr.interrupts import Signalled, StopSignals
+    from featvlr.cache.writer import CacheWriter
+    from featvlr.core.interrupts import Signalled, StopSignals
 
     out = tmp_path / "c.h5"
     with StopSignals("raise") as stop:

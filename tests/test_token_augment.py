@@ -10,7 +10,7 @@ import torch
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.data.captions import augment_tokens, token_positions
-from featvlr.store import FeatureStore
+from featvlr.cache.store import FeatureStore
 from test_data_path import write_cache
 
 

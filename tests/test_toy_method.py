@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr.checkpoint import load_method
+from featvlr.core.checkpoint import load_method
 from featvlr.config import load_config
-from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError
+from featvlr.core.distributed import gather_no_grad, gather_with_grad
+from featvlr.core.errors import ConfigError
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.methods import Method, StepState, get_method, list_methods, register_method
 from featvlr.methods.base import FeatureDims
 from featvlr.modules import masked_mean
-from featvlr.train import train
+from featvlr.training.trainer import train
 
 from synthetic import write_synthetic_cache
 

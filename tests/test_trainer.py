@@ -11,13 +11,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from featvlr.checkpoint import load_checkpoint, load_method
+from featvlr.core.checkpoint import load_checkpoint, load_method
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
-from featvlr.errors import ConfigError, InputError
+from featvlr.core.errors import ConfigError, InputError
 from featvlr.methods import Method, StepState, get_method, register_method
-from featvlr.store import FeatureStore
-from featvlr.train import TrainingDiverged, feature_dims, train
+from featvlr.cache.store import FeatureStore
+from featvlr.training.trainer import TrainingDiverged, feature_dims, train
 
 from synthetic import write_synthetic_cache
 
@@ -100,7 +100,7 @@ def test_vse_learns_far_above_chance(cache, tmp_path):
     cfg = quick(cache, "train.epochs=6", "train.lr_steps=[5]", "train.lr=1e-3", "data.test_split=test")
     result = train(cfg, tmp_path / "r")
     untrained = get_method("vse")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
-    from featvlr.validate import evaluate_split
+    from featvlr.training.final_eval import evaluate_split
 
     untrained.eval()
     with torch.no_grad():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 from featvlr.tuning.space import parse_dimension, parse_space
 
 from synthetic import write_synthetic_cache, write_synthetic_config
@@ -202,7 +202,7 @@ def test_killed_worker_trial_fails_and_is_redone_in_a_new_folder(base_config, tm
 def test_ablate_runs_on_the_grid_sampler(base_config, tmp_path, capsys):
     import optuna
 
-    from featvlr.ablate import run_ablation
+    from featvlr.tuning.ablate import run_ablation
     from featvlr.tuning.grid import study_name
 
     out = tmp_path / "abl"
@@ -225,7 +225,7 @@ def test_ablate_runs_on_the_grid_sampler(base_config, tmp_path, capsys):
 
 
 def test_two_ablate_processes_share_the_grid(base_config, tmp_path):
-    from featvlr.ablate import run_ablation
+    from featvlr.tuning.ablate import run_ablation
 
     out = tmp_path / "abl2"
     result = run_ablation(base_config, ["loss.margin=0.1,0.2,0.3"], [0], out, jobs=2)

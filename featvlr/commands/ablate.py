@@ -8,7 +8,7 @@ import typer
 
 
 def _ints(text: str) -> list[int]:
-    from featvlr.errors import ConfigError
+    from featvlr.core.errors import ConfigError
 
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -17,7 +17,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    from featvlr.errors import ConfigError
+    from featvlr.core.errors import ConfigError
 
     out = {}
     for item in items:
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         """Train and evaluate the product of a grid and seeds (finished runs are skipped, interrupted
         ones resumed), then write one report: Markdown, CSV, plots and an HTML page. The grid is an
         Optuna grid study: the same command on other machines with --storage shares its runs."""
-        from featvlr.ablate import run_ablation
+        from featvlr.tuning.ablate import run_ablation
 
         result = run_ablation(config, list(grid or []), _ints(seeds), out, jobs=jobs, extra=list(overrides or []),
                               progress=progress, storage=storage, heartbeat_s=heartbeat)
@@ -90,12 +90,12 @@ def register(app: typer.Typer) -> None:
         """Compare finished runs: a headline table (mean ± std over seeds, best per column, training
         time, paired p-value of rsum against a baseline), the queries where the best variant wins and
         loses, plots against the grid keys and every metric; Markdown, CSV and an HTML page."""
-        from featvlr.errors import InputError
+        from featvlr.core.errors import InputError
         from featvlr.report import select_runs, write_report
 
         paths = list(runs or [])
         if len(paths) == 1 and (paths[0] / "tune.yaml").exists():
-            from featvlr.report.study import write_study_report
+            from featvlr.tuning.study_report import write_study_report
 
             rep = write_study_report(paths[0], out, storage=storage)
             typer.echo(rep["headline"])

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
         The caches land where configs/demo_*.yaml look for them, so `featvlr train --config
         configs/demo_hrem.yaml` (or demo_mlcl.yaml, a composed method) reuses them afterwards."""
-        from featvlr.demo_run import build_demo_caches, demo_config, run_demo
+        from featvlr.app.demo import build_demo_caches, demo_config, run_demo
 
         demo_config(out, epochs=epochs, seed=seed, overrides=list(overrides or []), progress=progress)
         if data_only:

@@ -1,4 +1,4 @@
-"""`featvlr eval` command: a thin wrapper over :func:`featvlr.evaluate.run_eval`."""
+"""`featvlr eval` command: a thin wrapper over :func:`featvlr.app.evaluate.run_eval`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,7 +60,7 @@ def eval_command(
       featvlr eval --embeddings mine.npz --cache features/f30k.h5 --split test --json mine.json
       featvlr eval --sims sims.npy --relevance f30k-test-rougeL.npy --folds 1
     """
-    from featvlr.evaluate import EvalFlags, run_eval, submission_guide
+    from featvlr.app.evaluate import EvalFlags, run_eval, submission_guide
 
     if submission is not None or truth is not None:
         _score_submission(submission, truth, json_path)
@@ -87,7 +87,7 @@ def eval_command(
 
 def _score_submission(submission: Path | None, truth: Path | None, json_path: Path | None) -> None:
     """``featvlr eval --submission FILE --truth FILE``: the CIRR metrics of test-server files."""
-    from featvlr.errors import FeatvlrError
+    from featvlr.core.errors import FeatvlrError
     from featvlr.evaluation.composed import score_cirr_submission
     from featvlr.evaluation.results import format_table, write_results
 

@@ -1,7 +1,7 @@
 """`featvlr extract`: cache frozen features of a dataset the user has on disk.
 
-Sub-commands are thin wrappers over :func:`featvlr.sources.precomp.extract_precomp`,
-:func:`featvlr.sources.images.extract_images` and :func:`featvlr.sources.composed.extract_composed`. Ctrl-C or SIGTERM stops an extract with one
+Sub-commands are thin wrappers over :func:`featvlr.extract.precomp.extract_precomp`,
+:func:`featvlr.extract.images.extract_images` and :func:`featvlr.extract.composed.extract_composed`. Ctrl-C or SIGTERM stops an extract with one
 line saying that it left nothing behind (the cache is only renamed into place when complete).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _command_line() -> str:
 
 def _interruptible(out: Path, run):
     """``run()``; SIGINT/SIGTERM end it with one line saying that nothing was left behind."""
-    from featvlr.interrupts import StopSignals, interrupted, signal_of
+    from featvlr.core.interrupts import StopSignals, interrupted, signal_of
 
     existed = out.exists()
     with StopSignals("raise"):
@@ -104,8 +104,8 @@ def precomp(
 
     Example: featvlr extract precomp --root data/f30k_precomp --out features/f30k.h5
     """
-    from featvlr.relevance import ROUGE_TOKENS
-    from featvlr.sources.precomp import default_out_path, extract_precomp
+    from featvlr.retrieval.relevance import ROUGE_TOKENS
+    from featvlr.extract.precomp import default_out_path, extract_precomp
 
     path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
         root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,
@@ -150,7 +150,7 @@ def images(
     Example: featvlr extract images --images data/flickr30k-images --annotations
     data/dataset_flickr30k.json --backbone models/clip-vit-base-patch32 --out features/f30k_clip.h5
     """
-    from featvlr.sources.images import default_out_path, extract_images
+    from featvlr.extract.images import default_out_path, extract_images
 
     path = _interruptible(out or default_out_path(annotations), lambda: extract_images(
         images_dir, annotations, backbone, out, restval=restval.value, splits=_split_list(splits),
@@ -194,7 +194,7 @@ def composed(
     Example: featvlr extract composed --dataset cirr --root data/cirr_dataset
     --image-features clip_rn50x4.npz --out features/cirr.h5
     """
-    from featvlr.sources.composed import extract_composed
+    from featvlr.extract.composed import extract_composed
 
     path = _interruptible(out or Path("features") / f"{dataset.value}.h5", lambda: extract_composed(
         dataset.value, root, out, image_features=image_features, image_names=image_names,

@@ -3,9 +3,9 @@
 Prints the splits with their image and text counts, every dataset's shape and dtype, the
 provenance attributes (format and featvlr versions, creating command, sources, text
 encoder, and for raw images the vision backbone's name, folder and preprocessing) and the
-size on disk. The cache is opened through :class:`featvlr.store.FeatureStore`,
+size on disk. The cache is opened through :class:`featvlr.cache.store.FeatureStore`,
 so a truncated or corrupt file is reported as one clear error. ``--check`` reads every
-value (:func:`featvlr.cache_check.check_cache`) and names the split, dataset and first bad row.
+value (:func:`featvlr.cache.check.check_cache`) and names the split, dataset and first bad row.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import typer
 def describe_cache(path: str | os.PathLike, *, validate: bool = True, check: bool = False) -> dict[str, Any]:
     """A JSON-ready description of a cache: attributes, size and per-split datasets; with
     ``check``, after a scan of every value (``"check"``: datasets and values read)."""
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     store = FeatureStore(path, validate=validate and not check)
     try:
         scanned = None
         if check:
-            from featvlr.cache_check import check_cache
+            from featvlr.cache.check import check_cache
 
             scanned = check_cache(store)
             store.validate()

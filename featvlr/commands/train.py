@@ -30,23 +30,23 @@ def register(app: typer.Typer) -> None:
         eval/<test split>.json with plots; the test table is printed at the end. Multi-GPU:
         torchrun --nproc_per_node N -m featvlr.cli train ...
         """
-        from featvlr.runs import train_from_files
+        from featvlr.app.train_files import train_from_files
 
         sets = list(overrides or [])
         for target in [t.strip() for value in log_to or [] for t in value.split(",") if t.strip()]:
             if target == "tensorboard":
-                from featvlr.runlog import check_tensorboard
+                from featvlr.core.runlog import check_tensorboard
 
                 check_tensorboard("--log-to tensorboard")
                 sets.append("train.tensorboard=true")
             elif target != "jsonl":
-                from featvlr.errors import ConfigError
+                from featvlr.core.errors import ConfigError
 
                 raise ConfigError(f"--log-to: expected tensorboard or jsonl, got {target!r}")
         if progress is not None:
             sets.append(f"train.progress={str(progress).lower()}")
         result = train_from_files(config, sets, out, resume=resume)
-        from featvlr import distributed
+        from featvlr.core import distributed
 
         if distributed.is_main():
             from featvlr.evaluation.results import format_results
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
 def _end_without_ground_truth(run_dir: Path, record: dict) -> None:
     """A test split without ground truth (CIRR test1): the selection split's table with the
     best checkpoint, then where the test-server files are and how to score them."""
-    from featvlr.evaluate import run_eval, submission_guide
+    from featvlr.app.evaluate import run_eval, submission_guide
     from featvlr.evaluation.results import format_results
 
     config = record.get("config") or {}

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from featvlr.store import StoreSplit
+from featvlr.cache.store import StoreSplit
 
 
 def pad_tokens(seqs: list[np.ndarray], dim: int, max_tokens: int = 0) -> tuple[np.ndarray, np.ndarray]:

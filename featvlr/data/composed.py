@@ -1,6 +1,6 @@
 """Composed-retrieval batches over a composed split of the feature cache.
 
-A composed split (CIRR, FashionIQ, Shoes; layout written by :mod:`featvlr.sources.composed`)
+A composed split (CIRR, FashionIQ, Shoes; layout written by :mod:`featvlr.extract.composed`)
 holds frozen global image features ``images/<split>/global [N, Dg]`` (optionally ``K``
 augmented views ``images/<split>/global_aug [N, K, Dg]``), modifier-text vectors
 ``texts/<split>/pooled`` and the queries ``composed/<split>/reference``, ``target`` (``-1``
@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from featvlr.data import SeededBatches, move_to, to_tensors
-from featvlr.errors import InputError
-from featvlr.store import StoreSplit, _take
+from featvlr.core.errors import InputError
+from featvlr.cache.store import StoreSplit, _take
 
 # Cached augmented views are read into RAM when they take at most this many bytes.
 AUG_IN_MEMORY_BYTES = 2 << 30

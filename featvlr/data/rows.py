@@ -136,7 +136,7 @@ class RowTable:
         if self._bytes is not None:
             rows = self._bytes[self._offsets[index]].view(self.dtype).reshape((len(index),) + self.row_shape)
         else:
-            from featvlr.store import _take
+            from featvlr.cache.store import _take
 
             r = self.rows_per_item
             if r > 1:  # read each needed item once, then pick its rows
@@ -154,7 +154,7 @@ def open_table(split: Any, key: str, placement: str, device: torch.device, *, re
                ) -> RowTable:
     """A :class:`RowTable` over dataset ``key`` of ``split`` (``region_rows``: ``[N, R, D]``
     served as ``[N * R, D]``). Arrays read into memory are kept on the split
-    (:meth:`featvlr.store.StoreSplit.load_in_memory`), so the runs of an ablation in one
+    (:meth:`featvlr.cache.store.StoreSplit.load_in_memory`), so the runs of an ablation in one
     process read them once; an array already there is used as is, whatever ``placement``."""
     if placement in ("memory", "device") and hasattr(split, "load_in_memory"):
         split.load_in_memory((key,))  # kept on the split: later runs in this process share it

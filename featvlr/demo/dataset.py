@@ -19,8 +19,8 @@ from featvlr.demo.writers import (
     generate,
     readme,
 )
-from featvlr.errors import ConfigError, InputError
-from featvlr.fileio import atomic_dir
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.core.fileio import atomic_dir
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -80,7 +80,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = DEMO_DEFAULTS["
     """Write the demo dataset into ``out_dir`` and return it.
 
     The folder is built as ``<out_dir>.partial`` and renamed onto ``out_dir`` when complete
-    (:func:`featvlr.fileio.atomic_dir`).
+    (:func:`featvlr.core.fileio.atomic_dir`).
     An existing complete demo folder is replaced only with ``overwrite=True``; a non-empty
     folder that is not a demo dataset is never replaced. Raises ``InputError`` for either.
     """

@@ -123,7 +123,7 @@ def readme(p: dict, sizes: dict) -> str:
         "each with a colour (" + ", ".join(COLOURS) + ") and a size (small, medium, large),",
         "and 1-2 relations (" + ", ".join(RELATIONS) + ").",
         "",
-        "Precomp layout (SCAN/BUTD; read with featvlr.sources.precomp.extract_precomp):",
+        "Precomp layout (SCAN/BUTD; read with featvlr.extract.precomp.extract_precomp):",
     ]
     for split in PRECOMP_SPLITS:
         lines.append(f"  {split}_ims.npy   float32 [{pre[split]['images']}, {p['n_regions']}, {p['region_dim']}]"
@@ -140,7 +140,7 @@ def readme(p: dict, sizes: dict) -> str:
     ]
     if p["composed"]:
         lines += ["Composed split, CIRR layout, under cirr/ (read with",
-                  "featvlr.sources.composed.extract_composed('cirr', ...)):"]
+                  "featvlr.extract.composed.extract_composed('cirr', ...)):"]
         for split in CIRR_SPLITS:
             c = sizes["cirr"][split]
             lines.append(f"  captions/cap.rc2.{split}.json  {c['triplets']} triplets"

@@ -1,7 +1,7 @@
 """Evaluation: the papers' protocols over embeddings, score matrices and methods.
 
 Layers, each module importing only those above it (and :mod:`featvlr.retrieval`,
-:mod:`featvlr.metrics`, :mod:`featvlr.data`, :mod:`featvlr.store`; never the trainer, the
+:mod:`featvlr.retrieval.metrics`, :mod:`featvlr.data`, :mod:`featvlr.cache.store`; never the trainer, the
 tasks or the commands):
 
 - :mod:`~featvlr.evaluation.options`: scenario names, the folds rule, :class:`EvalOptions`.
@@ -16,6 +16,6 @@ tasks or the commands):
   :mod:`~featvlr.evaluation.plots`: files in and out of ``featvlr eval``.
 
 The tasks (:mod:`featvlr.tasks`) call the cross-modal or the composed path; the trainer
-(:mod:`featvlr.validate`), ``featvlr eval`` (:mod:`featvlr.evaluate`) and ablations (through
-the trainer) evaluate a method by its task. :mod:`featvlr.scenarios` is the public entry.
+(:mod:`featvlr.training.final_eval`), ``featvlr eval`` (:mod:`featvlr.app.evaluate`) and ablations (through
+the trainer) evaluate a method by its task. :mod:`featvlr.evaluation.scenarios` is the public entry.
 """

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError, InputError
+from featvlr.core.errors import FeatvlrError, InputError
 from featvlr.evaluation.embed import embed_composed_split
 from featvlr.evaluation.options import COMPOSED_PROTOCOLS, parse_scenarios
-from featvlr.fileio import atomic_write_text
-from featvlr.metrics import composed_summary, recall_curve
+from featvlr.core.fileio import atomic_write_text
+from featvlr.retrieval.metrics import composed_summary, recall_curve
 from featvlr.retrieval import (
     DEFAULT_CHUNK_ELEMENTS,
     EmbeddingScores,
@@ -34,7 +34,7 @@ from featvlr.retrieval import (
     ranks_within,
     topk,
 )
-from featvlr.store import FeatureStore, StoreSplit
+from featvlr.cache.store import FeatureStore, StoreSplit
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 
@@ -305,7 +305,7 @@ def evaluate_composed_method(method: Any, split: StoreSplit | str, *, dataset: s
     Args:
         method: a composed method (``encode_queries``, ``encode_images``); put in eval mode
             for the call.
-        split: a :class:`~featvlr.store.StoreSplit`, or a split name together with ``store``.
+        split: a :class:`~featvlr.cache.store.StoreSplit`, or a split name together with ``store``.
             It may stand for FashionIQ's per-category splits (:func:`composed_galleries`:
             ``val`` for ``val_dress``, ``val_shirt``, ``val_toptee``; each its own gallery).
         dataset, protocol: :func:`resolve_composed_protocol` (``cirr`` also for the demo).

@@ -1,6 +1,6 @@
 """Cross-modal retrieval (i2t, t2i) from embeddings, a pairwise score function, a shortlist
 plan or a similarity matrix; the uni-modal and mixed NDCG scenarios come from
-:mod:`featvlr.evaluation.unimodal`. Protocols: :mod:`featvlr.scenarios`."""
+:mod:`featvlr.evaluation.unimodal`. Protocols: :mod:`featvlr.evaluation.scenarios`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.options import BACKENDS, CROSS_MODAL, UNI_AND_MIXED, parse_scenarios
 from featvlr.evaluation.split_data import SplitData, n_rows
 from featvlr.evaluation.unimodal import uni_and_mixed
-from featvlr.metrics import average_folds, fold_texts, iter_folds, ndcg_key, recall_curve, recall_from_ranks
-from featvlr.relevance import kind_suffix
+from featvlr.retrieval.metrics import average_folds, fold_texts, iter_folds, ndcg_key, recall_curve, recall_from_ranks
+from featvlr.retrieval.relevance import kind_suffix
 from featvlr.retrieval import (
     DEFAULT_CHUNK_ELEMENTS,
     DenseScores,
@@ -71,7 +71,7 @@ def evaluate_cross_modal(img_emb: Any, txt_emb: Any, split_or_arrays: Any = None
         img_emb, txt_emb: ``[n_images, d]`` and ``[n_texts, d]`` L2-normalised embeddings
             (torch or numpy, CPU or CUDA); may be None (or the method's dict outputs) with
             ``score_fn``.
-        split_or_arrays: a :class:`~featvlr.store.StoreSplit`, a mapping with ``txt2img``
+        split_or_arrays: a :class:`~featvlr.cache.store.StoreSplit`, a mapping with ``txt2img``
             (``[n_texts]``) and optionally ``relevance`` (``[n_texts, n_images]``), or None
             (``c // 5`` captions; no relevance).
         scenarios: names from :data:`SCENARIOS` (not ``composed``); None = i2t, t2i and, when

@@ -9,7 +9,7 @@ import torch
 
 from featvlr.data import iter_image_batches, iter_text_batches
 from featvlr.data.composed import ComposedQueries, iter_query_batches, read_queries
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval import as_index
 
 
@@ -67,7 +67,7 @@ def embed_split(method: Any, split: Any, *, batch_size: int = 512, device: str |
 
     Args:
         method: a :class:`~featvlr.methods.base.Method` (put in eval mode for the call).
-        split: a :class:`~featvlr.store.StoreSplit`.
+        split: a :class:`~featvlr.cache.store.StoreSplit`.
         batch_size, device: passed to :func:`featvlr.data.iter_image_batches` and
             :func:`featvlr.data.iter_text_batches`.
 

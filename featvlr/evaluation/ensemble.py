@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.embed import embed_split
 from featvlr.evaluation.methods import pairwise_score_fn
 from featvlr.evaluation.options import EvalOptions

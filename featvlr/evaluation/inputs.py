@@ -1,5 +1,5 @@
 """Inputs of ``featvlr eval`` from files: embeddings (``.npz``), a similarity matrix (``.npy``),
-a relevance file (:func:`featvlr.relevance.load_relevance`), a cache split, the eval folder."""
+a relevance file (:func:`featvlr.retrieval.relevance.load_relevance`), a cache split, the eval folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from featvlr.errors import InputError
-from featvlr.fileio import map_npy
+from featvlr.core.errors import InputError
+from featvlr.core.fileio import map_npy
 
 
 def eval_dir(target: Path) -> Path:
@@ -22,7 +22,7 @@ def eval_dir(target: Path) -> Path:
 
 def open_split(cache: str | Path, split: str):
     """Split ``split`` of the feature cache at ``cache``."""
-    from featvlr.store import FeatureStore
+    from featvlr.cache.store import FeatureStore
 
     return FeatureStore(cache).split(split)
 
@@ -90,9 +90,9 @@ def check_composed_embeddings(arrays: dict[str, np.ndarray], path: Path, st: Any
 def arrays_or_split(st: Any, relevance: Any, n_images: int, n_texts: int, inputs: dict) -> Any:
     """The split, or with relevance files ``{"txt2img", "relevance", "relevance_kinds"}`` (the
     split's index and its other relevance kinds when there is a split). ``relevance``: a file
-    (ROUGE-L) or a list of ``FILE`` / ``KIND=FILE`` (:func:`featvlr.relevance.parse_relevance_specs`),
-    read by :func:`featvlr.relevance.load_relevance`."""
-    from featvlr.relevance import load_relevance, parse_relevance_specs
+    (ROUGE-L) or a list of ``FILE`` / ``KIND=FILE`` (:func:`featvlr.retrieval.relevance.parse_relevance_specs`),
+    read by :func:`featvlr.retrieval.relevance.load_relevance`."""
+    from featvlr.retrieval.relevance import load_relevance, parse_relevance_specs
 
     files = parse_relevance_specs(relevance)
     if not files:
@@ -125,7 +125,7 @@ def source_truth_folder(cache: str | Path | None) -> Path | None:
     if not cache or not Path(cache).is_file():
         return None
     try:
-        from featvlr.store import FeatureStore
+        from featvlr.cache.store import FeatureStore
 
         sources = FeatureStore(cache).attrs.get("sources")
         sources = json.loads(sources) if isinstance(sources, str) else sources

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.cross_modal import evaluate_cross_modal
 from featvlr.evaluation.embed import embed_split
 from featvlr.evaluation.geometry import embedding_geometry
 from featvlr.evaluation.options import CROSS_MODAL, EvalOptions, parse_scenarios
-from featvlr.fileio import atomic_path
+from featvlr.core.fileio import atomic_path
 from featvlr.retrieval import EmbeddingScores, group_positives, ranks
 
 

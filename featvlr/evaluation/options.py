@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval import DEFAULT_CHUNK_ELEMENTS
 
 CROSS_MODAL = ("i2t", "t2i")

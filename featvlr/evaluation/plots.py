@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from featvlr.fileio import atomic_path
+from featvlr.core.fileio import atomic_path
 
 
 def group_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
-from featvlr.metrics import default_txt2img
+from featvlr.core.errors import FeatvlrError
+from featvlr.retrieval.metrics import default_txt2img
 from featvlr.retrieval import as_index, as_tensor
 
 

@@ -1,5 +1,5 @@
 """Uni-modal and mixed NDCG scenarios (i2i, t2t, i2it, t2it) from embeddings and the ROUGE-L
-relevance; the query is removed from its own gallery (:mod:`featvlr.scenarios`)."""
+relevance; the query is removed from its own gallery (:mod:`featvlr.evaluation.scenarios`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.split_data import SplitData, first_captions
-from featvlr.metrics import ndcg_key
+from featvlr.retrieval.metrics import ndcg_key
 from featvlr.retrieval import EmbeddingScores, group_positives, ndcg_multi
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from featvlr.errors import FeatvlrError
-from featvlr.fileio import atomic_path
+from featvlr.core.errors import FeatvlrError
+from featvlr.core.fileio import atomic_path
 
 
 def embedding_arrays(model: Any, split: str = "test") -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.fileio import atomic_path
+from featvlr.core.fileio import atomic_path
 from featvlr.retrieval import as_tensor
 from featvlr.retrieval.faiss_backend import build_faiss_index, import_faiss
 

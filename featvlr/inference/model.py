@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError, InputError
+from featvlr.core.errors import FeatvlrError, InputError
 from featvlr.inference.index import GalleryIndex, index_key, load_index, save_index
 from featvlr.inference.text import captions_batch, storage_dtype, text_model_folder
 
@@ -35,8 +35,8 @@ def load(run: str | os.PathLike, *, device: str | torch.device = "auto", which: 
         cache: the feature cache (default: the run config's ``data.cache``).
         text_model: the text encoder folder (default: the one the cache records).
     """
-    from featvlr.checkpoint import load_method, resolve_checkpoint
-    from featvlr.device import pick_device
+    from featvlr.core.checkpoint import load_method, resolve_checkpoint
+    from featvlr.core.device import pick_device
 
     path = Path(run)
     if not path.exists():
@@ -57,13 +57,13 @@ class RetrievalModel:
         method: the :class:`~featvlr.methods.base.Method` in eval mode on ``device``.
         config: the run's resolved config.
         task: ``"cross_modal"`` or ``"composed"``.
-        store: the :class:`~featvlr.store.FeatureStore` of the cache.
+        store: the :class:`~featvlr.cache.store.FeatureStore` of the cache.
         run_dir: the run folder (index files go to ``run_dir / "index"``).
     """
 
     def __init__(self, method: Any, config: Any, *, checkpoint: Path, cache: Path, device: torch.device,
                  text_model: str | os.PathLike | None = None):
-        from featvlr.store import open_store
+        from featvlr.cache.store import open_store
 
         self.method, self.config, self.device = method, config, torch.device(device)
         self.checkpoint, self.cache = Path(checkpoint), Path(cache)
@@ -91,10 +91,10 @@ class RetrievalModel:
 
     @property
     def text_encoder(self) -> Any:
-        """The cache's text encoder (:class:`~featvlr.sources.text_encoder.TextEncoder`),
+        """The cache's text encoder (:class:`~featvlr.extract.text_encoder.TextEncoder`),
         loaded offline from its local folder on first use."""
         if self._encoder is None:
-            from featvlr.sources.text_encoder import TextEncoder
+            from featvlr.extract.text_encoder import TextEncoder
 
             folder = text_model_folder(self.store, self._text_model)
             dev = "cuda" if self.device.type == "cuda" else "cpu"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.inference.search import (
     SEARCH_BACKENDS,
     cross_source,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.split_data import n_rows
 from featvlr.retrieval import DEFAULT_CHUNK_ELEMENTS, EmbeddingScores, ScoreSource, as_tensor, topk
 

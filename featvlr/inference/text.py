@@ -17,21 +17,21 @@ import numpy as np
 import torch
 
 from featvlr.data import move_to, pad_tokens, to_tensors
-from featvlr.errors import FeatvlrError, InputError
+from featvlr.core.errors import FeatvlrError, InputError
 
 
 def text_model_folder(store: Any, override: str | os.PathLike | None = None) -> Path:
     """The local folder of the text encoder that wrote ``store``'s text features.
 
     Args:
-        store: a :class:`~featvlr.store.FeatureStore`.
+        store: a :class:`~featvlr.cache.store.FeatureStore`.
         override: a folder to use instead (it must hold the same model).
 
     Raises:
         InputError: the recorded folder is missing (and the name is not the bundled model's),
             or the cache records no text encoder.
     """
-    from featvlr.sources.text_encoder import DEFAULT_MODEL_NAME, check_model_folder, default_model_path
+    from featvlr.extract.text_encoder import DEFAULT_MODEL_NAME, check_model_folder, default_model_path
 
     if override is not None:
         return check_model_folder(override)
@@ -65,7 +65,7 @@ def captions_batch(encoder: Any, captions: Sequence[str], *, max_tokens: int = 0
     builds it from a cache written by ``encoder``.
 
     Args:
-        encoder: a :class:`~featvlr.sources.text_encoder.TextEncoder`.
+        encoder: a :class:`~featvlr.extract.text_encoder.TextEncoder`.
         captions: the texts.
         max_tokens: the training truncation (``data.max_tokens``; 0 keeps all).
         round_to: a storage dtype (e.g. float16): features are rounded through it, as the

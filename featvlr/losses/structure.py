@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 
 RELATIONS = ("cosine", "dot", "euclidean")
 MATCHES = ("kl", "mse", "mae")

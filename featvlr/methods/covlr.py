@@ -117,10 +117,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from featvlr import distributed as dist_utils
-from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError
-from featvlr.schema import choice, number
+from featvlr.core import distributed as dist_utils
+from featvlr.core.distributed import gather_no_grad, gather_with_grad
+from featvlr.core.errors import ConfigError
+from featvlr.core.schema import choice, number
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
 from featvlr.methods.base import FeatureDims, Method, StepState
@@ -437,7 +437,7 @@ class CoVLR(TowerEncoders, Method):
     def teacher(self, device: torch.device) -> Method:
         """The reference run's method (loaded once, frozen, in eval mode)."""
         if not self._teacher:
-            from featvlr.checkpoint import load_method
+            from featvlr.core.checkpoint import load_method
 
             teacher, _ = load_method(self.loss_opts.reference, device)
             for p in teacher.parameters():

@@ -70,10 +70,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr import distributed as dist_utils
-from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError, InputError
-from featvlr.schema import choice, number
+from featvlr.core import distributed as dist_utils
+from featvlr.core.distributed import gather_no_grad, gather_with_grad
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.core.schema import choice, number
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.methods.options import HingeOptions
@@ -265,7 +265,7 @@ class GLS(Method):
     # -- stage 1 --------------------------------------------------------------------------
     def load_stage1(self, path: str | Path) -> None:
         """Copy the stage-1 weights of a trained run (folder or checkpoint) into this model."""
-        from featvlr.checkpoint import load_method
+        from featvlr.core.checkpoint import load_method
 
         other, cfg = load_method(path, "cpu")
         if not isinstance(other, GLS):
@@ -416,7 +416,7 @@ class GLS(Method):
         return rerank
 
     def shortlist_plan(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-        """How the evaluator should rank (the hook :func:`featvlr.scenarios.evaluate_method` asks).
+        """How the evaluator should rank (the hook :func:`featvlr.evaluation.scenarios.evaluate_method` asks).
 
         - ``L``: None (every pair through :meth:`score`, block by block).
         - ``G``: ``{"images": g_v, "texts": g_t}``: global embeddings, dot product.

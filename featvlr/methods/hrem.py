@@ -67,9 +67,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr import distributed as dist_utils
-from featvlr.errors import ConfigError
-from featvlr.schema import choice, number
+from featvlr.core import distributed as dist_utils
+from featvlr.core.errors import ConfigError
+from featvlr.core.schema import choice, number
 from featvlr.losses.hinge import HingeLoss
 from featvlr.losses.relevance_kl import RelevanceKLLoss
 from featvlr.losses.triplet import DistanceWeightedTripletLoss

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featvlr import distributed as dist_utils
-from featvlr.errors import ConfigError
+from featvlr.core import distributed as dist_utils
+from featvlr.core.errors import ConfigError
 from featvlr.losses import HingeLoss
 
 # Parameter-name prefixes (relative to the towers) that the "heads" group selects.

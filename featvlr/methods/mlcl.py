@@ -49,9 +49,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError
-from featvlr.schema import choice, number
+from featvlr.core.distributed import gather_no_grad, gather_with_grad
+from featvlr.core.errors import ConfigError
+from featvlr.core.schema import choice, number
 from featvlr.losses.mlcl import MultiLevelContrastiveLoss
 from featvlr.methods.base import FeatureDims, StepState
 from featvlr.methods.combiner import ComposedMethod, ComposedModelOptions

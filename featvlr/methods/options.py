@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featvlr.schema import number
+from featvlr.core.schema import number
 
 
 @dataclass

@@ -11,7 +11,7 @@ import difflib
 import importlib
 import pkgutil
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 
 _METHODS: dict[str, type] = {}
 _PACKAGE = "featvlr.methods"

@@ -4,7 +4,7 @@ Yang et al., "Rebalanced Vision-Language Retrieval Considering Structure-Aware D
 IEEE TIP 2024 (code: njustkmg/TIP24-Rebalanced_Vision_Language_Retrieval).
 
 Student: the VSE-infinity dual encoder of :mod:`featvlr.methods.vse` (same heads, same
-test-time encoders). Teachers, frozen (:mod:`featvlr.teachers`): by default
+test-time encoders). Teachers, frozen (:mod:`featvlr.methods.teachers`): by default
 (``model.teacher: features``) the paper's modality-specific ones, from the cache, for the
 *training* rows of the batch: the pooled sentence vectors for text (the text encoder's
 sentence embedding, all-MiniLM-L6-v2 by default, trained on a large corpus of sentence pairs
@@ -97,10 +97,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr import distributed as dist_utils
-from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError
-from featvlr.schema import choice, number
+from featvlr.core import distributed as dist_utils
+from featvlr.core.distributed import gather_no_grad, gather_with_grad
+from featvlr.core.errors import ConfigError
+from featvlr.core.schema import choice, number
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.distill import DISTANCES, RELATION_FORMS, RepresentationDistillation, StructureDistillation
 from featvlr.losses.structure import off_diagonal
@@ -110,7 +110,7 @@ from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
                                  cross_modal_loss)
 from featvlr.modules import xavier_linear
-from featvlr.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
+from featvlr.methods.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
 
 RELATIONS = ("text", "image", "both")
 # Where the structure term's student relations live: "fused" (an own head over each positive
@@ -263,7 +263,7 @@ class RVLR(TowerEncoders, Method):
             image_dim = text_dim = model.teacher_dim
         if image_dim <= 0 or text_dim <= 0:
             raise ConfigError("rvlr: the teacher's feature size is unknown; a teacher run is resolved by the "
-                              "prepare step (featvlr.train.train runs it), or set model.teacher=features")
+                              "prepare step (featvlr.training.trainer.train runs it), or set model.teacher=features")
         # Learned projections of the frozen teacher features (the paper's sig_*_proj).
         self.teacher_image_proj = xavier_linear(image_dim, model.embed_dim)
         self.teacher_text_proj = xavier_linear(text_dim, model.embed_dim)
@@ -294,8 +294,8 @@ class RVLR(TowerEncoders, Method):
     def prepare(cls, config: Any, run_dir: Any) -> Any:
         """Resolve a run teacher (``base``: the stage-1 run; or a named run): compute (or reuse)
         its cached embeddings over the training split and record where they are."""
-        from featvlr.checkpoint import resolve_checkpoint
-        from featvlr.teachers import ensure_teacher_cache, teacher_cache_path, teacher_dim
+        from featvlr.core.checkpoint import resolve_checkpoint
+        from featvlr.methods.teachers import ensure_teacher_cache, teacher_cache_path, teacher_dim
 
         model = config.model
         _check_options(model, config.loss)
@@ -312,7 +312,7 @@ class RVLR(TowerEncoders, Method):
         return dataclasses.replace(config, model=model)
 
     def _init_from_teacher(self) -> None:
-        from featvlr.checkpoint import load_checkpoint, resolve_checkpoint
+        from featvlr.core.checkpoint import load_checkpoint, resolve_checkpoint
 
         opts = self.model_opts
         state = load_checkpoint(resolve_checkpoint(opts.teacher, opts.teacher_checkpoint))["model"]

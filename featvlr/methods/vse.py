@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr.distributed import gather_no_grad, gather_with_grad
-from featvlr.errors import ConfigError, FeatvlrError
-from featvlr.schema import choice, number
+from featvlr.core.distributed import gather_no_grad, gather_with_grad
+from featvlr.core.errors import ConfigError, FeatvlrError
+from featvlr.core.schema import choice, number
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.encoders import TowerEncoders

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featvlr.distributed import world_size
+from featvlr.core.distributed import world_size
 
 
 def xavier_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featvlr.records import flatten_numbers
+from featvlr.core.flatten import flatten_numbers
 from featvlr.report.runs import RunRecord
 
 # Settings that never distinguish variants: the seed (variants are averaged over it), the
@@ -180,7 +180,7 @@ def _apply_overrides(variants: list[Variant], labels: dict[str, str]) -> None:
         hit = [v for v in variants if v.label == target] or [
             v for v in variants if any(_same_path(r.run_dir, target) for r in v.runs)]
         if not hit:
-            from featvlr.errors import ConfigError
+            from featvlr.core.errors import ConfigError
 
             raise ConfigError(f"--label {target}={name}: no run folder or variant named {target!r} "
                               f"(variants: {', '.join(v.label for v in variants)})")

@@ -66,7 +66,7 @@ class _Texts:
         if not path.exists():
             return
         try:
-            from featvlr.store import FeatureStore
+            from featvlr.cache.store import FeatureStore
 
             store = FeatureStore(path, validate=False)
             st = store.split(split)

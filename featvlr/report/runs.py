@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from featvlr.errors import InputError
-from featvlr.runlog import read_log
+from featvlr.core.errors import InputError
+from featvlr.core.runlog import read_log
 
 
 @dataclass
@@ -69,7 +69,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         except (json.JSONDecodeError, KeyError) as exc:
             raise InputError(res_path, f"not a featvlr results file ({exc})") from None
     else:  # no test split (FashionIQ, Shoes): the selection split's metrics of best.pt
-        from featvlr.checkpoint import load_checkpoint
+        from featvlr.core.checkpoint import load_checkpoint
 
         metrics = {k: v for k, v in load_checkpoint(run_dir / "ckpt" / "best.pt")["best_metrics"].items()
                    if isinstance(v, (int, float))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from featvlr.errors import ConfigError, InputError
+from featvlr.core.errors import ConfigError, InputError
 from featvlr.report.labels import group_variants, variant_of
 from featvlr.report.plots import key_plot, training_curves
 from featvlr.report.queries import rank_changes

@@ -39,7 +39,7 @@ ground truth not in the list: R@K is exact up to the index's own recall for K <=
 medr/meanr are not defined.
 
 Modules: :mod:`~featvlr.retrieval.tensors` (inputs, index matrices, NaN screening),
-:mod:`~featvlr.retrieval.sources` (score sources, :func:`iter_blocks`),
+:mod:`~featvlr.retrieval.score_sources` (score sources, :func:`iter_blocks`),
 :mod:`~featvlr.retrieval.ranking` (:func:`ranks`, :func:`ranks_within`, :func:`topk`),
 :mod:`~featvlr.retrieval.ndcg` and :mod:`~featvlr.retrieval.faiss_backend`. Embedding a
 split with a method is evaluation's job (:mod:`featvlr.evaluation.embed`).
@@ -49,7 +49,7 @@ from __future__ import annotations
 from featvlr.retrieval.faiss_backend import FAISS_INDEXES, faiss_search, ranks_from_topk
 from featvlr.retrieval.ndcg import ndcg_multi, ndcg_scores
 from featvlr.retrieval.ranking import ranks, ranks_within, topk
-from featvlr.retrieval.sources import (
+from featvlr.retrieval.score_sources import (
     DenseScores,
     EmbeddingScores,
     PairwiseScores,

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval.tensors import _index_matrix, as_index, as_tensor
 
 FAISS_INDEXES = ("flat", "ivf", "hnsw")

@@ -5,9 +5,9 @@ from typing import Any
 
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval.ranking import _exclusion_mask
-from featvlr.retrieval.sources import ScoreSource, iter_blocks
+from featvlr.retrieval.score_sources import ScoreSource, iter_blocks
 from featvlr.retrieval.tensors import (
     DEFAULT_CHUNK_ELEMENTS,
     _NEG_INF,

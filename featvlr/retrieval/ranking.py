@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from featvlr.retrieval.sources import ScoreSource, iter_blocks
+from featvlr.retrieval.score_sources import ScoreSource, iter_blocks
 from featvlr.retrieval.tensors import DEFAULT_CHUNK_ELEMENTS, _NEG_INF, _check_range, _dedupe, _index_matrix, _row_count
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.errors import FeatvlrError
+from featvlr.core.errors import FeatvlrError
 
 DEFAULT_CHUNK_ELEMENTS = 50_000_000
 _NEG_INF = float("-inf")

@@ -7,7 +7,7 @@ contract; it has no task branches and reads no batch keys.
 """
 from __future__ import annotations
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 from featvlr.tasks.base import TASKS, Task, register_task
 
 

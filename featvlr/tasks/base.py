@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from featvlr.errors import InputError
+from featvlr.core.errors import InputError
 
 
 class Task:

@@ -22,7 +22,7 @@ class ComposedTask(Task):
         return name in names or any(n.startswith(name + "_") for n in names)
 
     def eval_split(self, store: Any, name: str) -> Any:
-        from featvlr.store import StoreSplit
+        from featvlr.cache.store import StoreSplit
 
         return StoreSplit(store, name)  # may name per-category splits only
 

@@ -1,5 +1,5 @@
 """Cross-modal retrieval (image <-> caption): caption batches, the scenarios of
-:mod:`featvlr.scenarios`, per-query ranks for significance tests."""
+:mod:`featvlr.evaluation.scenarios`, per-query ranks for significance tests."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from featvlr.config import load_config
-from featvlr.errors import ConfigError, InputError
-from featvlr.fileio import atomic_write_text
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.core.fileio import atomic_write_text
 from featvlr.tuning.progress import fmt_params, say
 from featvlr.tuning.space import config_space, format_value, parse_space
 
@@ -53,7 +53,7 @@ def peek_study(url: str, name: str):
 
 
 def _plan(config: Path, overrides: list[str], seeds: list[int], folder: Path) -> list:
-    from featvlr.ablate import PlannedRun
+    from featvlr.tuning.ablate import PlannedRun
 
     runs = []
     for s in seeds:
@@ -65,7 +65,7 @@ def _plan(config: Path, overrides: list[str], seeds: list[int], folder: Path) ->
 def run_compare(methods: list[str], config_dir: str | Path, dataset: str, budget: int, seeds: list[int],
                 out: str | Path, *, extra: list[str] | None = None, storage: str | None = None, seed: int = 0,
                 pruner: str = "median", untuned: bool = True, progress: bool = False) -> dict[str, Any]:
-    from featvlr.ablate import _run_one
+    from featvlr.tuning.ablate import _run_one
     from featvlr.tuning.tune import run_tune, summarize
 
     out, config_dir, extra = Path(out), Path(config_dir), list(extra or [])

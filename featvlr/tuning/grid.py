@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from featvlr.errors import FeatvlrError, Interrupted
+from featvlr.core.errors import FeatvlrError, Interrupted
 from featvlr.tuning.progress import fmt_seconds, say
 
 STUDY_NAME = "ablation"
@@ -35,7 +35,7 @@ def study_name(names: list[str]) -> str:
 
 
 def _best_dev(run) -> float:
-    from featvlr.checkpoint import load_checkpoint
+    from featvlr.core.checkpoint import load_checkpoint
 
     best = run.run_dir / "ckpt" / "best.pt"
     value = float(load_checkpoint(best).get("best_value", -math.inf)) if best.exists() else -math.inf

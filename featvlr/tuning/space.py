@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from featvlr.config import load_config, read_yaml
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

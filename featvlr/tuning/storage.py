@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from featvlr.errors import ConfigError
+from featvlr.core.errors import ConfigError
 
 DEFAULT_HEARTBEAT_S = 30
 

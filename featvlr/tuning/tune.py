@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from featvlr.config import load_config
-from featvlr.errors import ConfigError, FeatvlrError, InputError, Interrupted
-from featvlr.fileio import atomic_write_text
+from featvlr.core.errors import ConfigError, FeatvlrError, InputError, Interrupted
+from featvlr.core.fileio import atomic_write_text
 from featvlr.tuning.progress import fmt_params, fmt_seconds, named_progress, say
 from featvlr.tuning.space import Dimension, config_space, format_value, parse_space
 from featvlr.tuning.storage import DEFAULT_HEARTBEAT_S, default_url, masked, open_storage
@@ -104,7 +104,7 @@ def _check_folder(out: Path, study) -> None:
 def _objective(config: Path, dims: list[Dimension], base_overrides: list[str], out: Path, state: dict):
     import optuna
 
-    from featvlr.train import train
+    from featvlr.training.trainer import train
 
     def objective(trial: "optuna.Trial") -> float:
         params = {d.key: d.suggest(trial) for d in dims}
@@ -199,7 +199,7 @@ def run_tune(config: str | Path, space_items: list[str] | None, out: str | Path,
         "kind": "tune", "config": str(config), "space": identity["space"], "set": extra, "metric": metric,
         "storage": url, "study": name, "seed": seed, "pruner": pruner, "prune_startup": prune_startup,
         "prune_warmup": prune_warmup}, sort_keys=False))
-    from featvlr.runs import maybe_build_demo
+    from featvlr.app.train_files import maybe_build_demo
 
     maybe_build_demo(cfg)
     base = extra + [f"train.progress={str(progress).lower()}", "data.test_split="]
@@ -240,7 +240,7 @@ def summarize(study, out: Path, mine: list[int], metric: str, *, report: bool = 
         result["best"] = {"number": best.number, "value": best.value, "params": dict(best.params),
                           "run_dir": best.user_attrs.get("run_dir")}
     if report and complete:
-        from featvlr.report.study import write_study_report
+        from featvlr.tuning.study_report import write_study_report
 
         result["report"] = write_study_report(out, study=study)
     return result
