@@ -172,7 +172,7 @@ def test_no_module_over_450_lines():
 APPLICATION = ("featvlr.cli", "featvlr.commands", "featvlr.app.train_files", "featvlr.app.demo", "featvlr.tuning.ablate", "featvlr.tuning",
                "featvlr.report")
 EVALUATION = ("featvlr.evaluation", "featvlr.evaluation.scenarios", "featvlr.retrieval", "featvlr.retrieval.metrics",
-              "featvlr.app.evaluate", "featvlr.training.final_eval")
+              "featvlr.app.evaluate", "featvlr.training.run_eval")
 
 
 def _in(name: str, prefixes: tuple[str, ...]) -> bool:

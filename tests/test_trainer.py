@@ -100,7 +100,7 @@ def test_vse_learns_far_above_chance(cache, tmp_path):
     cfg = quick(cache, "train.epochs=6", "train.lr_steps=[5]", "train.lr=1e-3", "data.test_split=test")
     result = train(cfg, tmp_path / "r")
     untrained = get_method("vse")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
-    from featvlr.training.final_eval import evaluate_split
+    from featvlr.training.run_eval import evaluate_split
 
     untrained.eval()
     with torch.no_grad():

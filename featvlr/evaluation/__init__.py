@@ -16,6 +16,6 @@ tasks or the commands):
   :mod:`~featvlr.evaluation.plots`: files in and out of ``featvlr eval``.
 
 The tasks (:mod:`featvlr.tasks`) call the cross-modal or the composed path; the trainer
-(:mod:`featvlr.training.final_eval`), ``featvlr eval`` (:mod:`featvlr.app.evaluate`) and ablations (through
+(:mod:`featvlr.training.run_eval`), ``featvlr eval`` (:mod:`featvlr.app.evaluate`) and ablations (through
 the trainer) evaluate a method by its task. :mod:`featvlr.evaluation.scenarios` is the public entry.
 """

@@ -48,6 +48,7 @@ from featvlr.core.device import pick_device
 from featvlr.methods.registry import get_method
 from featvlr.config.provenance import check_run_config, config_hash
 from featvlr.core.flatten import flatten_numbers
+from featvlr.training.run_eval import dev_metrics, write_eval
 from featvlr.training.notes import geometry_note, inactive_terms, run_warnings
 from featvlr.core.runlog import RunLogger
 from featvlr.cache.store import StoreSplit, open_store
@@ -135,17 +136,6 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """Seed of (run seed, rank, epoch): every epoch starts from a known RNG state, so a resumed
     run (on any number of ranks) draws what an uninterrupted one would."""
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
-
-
-def evaluate(method: Method, task, split: StoreSplit, cfg: Config, scenarios: list[str], device) -> dict[str, Any]:
-    """Metrics of ``method`` on ``split`` for the given scenarios (rank 0 only)."""
-    was_training = method.training
-    method.eval()
-    try:
-        with torch.no_grad():
-            return task.evaluate(method, split, cfg, scenarios, device)
-    finally:
-        method.train(was_training)
 
 
 def run_stage(stage: Stage) -> None:
@@ -382,7 +372,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
             metrics: dict[str, Any] = {}
             if tr.eval_every and ((epoch + 1) % tr.eval_every == 0 or epoch + 1 == tr.epochs):
                 dev = task.eval_split(store, select_split)
-                metrics = evaluate(method, task, dev, cfg, cfg.eval.dev_scenarios, device)
+                metrics = dev_metrics(method, task, dev, cfg, device)
                 if select_key not in metrics:
                     raise ConfigError(f"train.select_metric={select_key!r} is not among the evaluation's "
                                       f"metrics ({', '.join(sorted(metrics))})")
@@ -422,8 +412,6 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
         best = load_checkpoint(run_dir / "ckpt" / "best.pt")
         method.load_state_dict(best["model"])
         if cfg.data.test_split and task.has_split(store, cfg.data.test_split):
-            from featvlr.training.final_eval import write_eval
-
             result.test_metrics = write_eval(method, task, task.eval_split(store, cfg.data.test_split), cfg, device,
                                              run_dir / "eval" / f"{cfg.data.test_split}.json",
                                              checkpoint=run_dir / "ckpt" / "best.pt",

@@ -1,9 +1,10 @@
-"""The trainer's view of evaluation: a split evaluated by its task, and the final results.
+"""A run's evaluations: the dev split after each epoch, the test split at the end.
 
 :func:`evaluate_split` evaluates a method on a split through its task
-(:func:`featvlr.tasks.get_task`; the dev protocol, or the test one with ``final``) and
-:func:`write_eval` is what the trainer calls on the test split at the end (every configured
-scenario, a results JSON and plots). The folds rule is
+(:func:`featvlr.tasks.get_task`; the dev protocol, or the test one with ``final``);
+:func:`dev_metrics` is what the trainer calls after each epoch (eval mode, no gradients, the
+method's mode restored) and :func:`write_eval` what it calls on the test split at the end
+(every configured scenario, a results JSON and plots). The folds rule is
 :func:`featvlr.evaluation.options.protocol_folds`.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from featvlr.config import Config
 from featvlr.evaluation.options import protocol_folds
 from featvlr.evaluation.results import write_results
 
-__all__ = ["evaluate_split", "protocol_folds", "write_eval"]
+__all__ = ["dev_metrics", "evaluate_split", "protocol_folds", "write_eval"]
 
 
 def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, device, *, final: bool = False,
@@ -28,6 +29,17 @@ def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, devi
 
     return get_task(method.task).evaluate(method, split, cfg, scenarios, device, final=final, curves=curves,
                                           submission_dir=submission_dir)
+
+
+def dev_metrics(method, task, split, cfg: Config, device) -> dict[str, Any]:
+    """Metrics of ``method`` on the selection split, by ``cfg.eval.dev_scenarios`` (rank 0 only)."""
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            return task.evaluate(method, split, cfg, cfg.eval.dev_scenarios, device)
+    finally:
+        method.train(was_training)
 
 
 def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
