@@ -282,7 +282,10 @@ def test_teacher_reference_is_frozen(tmp_path):
     teacher = cls(cfg.model, cfg.loss, DIMS)
     save_checkpoint(tmp_path / "ckpt" / "best.pt", {"method": "vse", "config": config_to_dict(cfg),
                                                      "dims": vars(DIMS).copy(), "model": teacher.state_dict()})
+    from featvlr.inference.loading import load_method
+
     method = make_covlr(reference=str(tmp_path)).float()
+    method.attach_runs(load_method)
     batch = {k: v.float() if v.is_floating_point() else v for k, v in make_batch(seed=4).items()}
     grads = method_grads(method, batch)
     assert grads and all(torch.isfinite(g).all() for g in grads.values())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from synthetic import write_synthetic_cache
 
-from featvlr.core.checkpoint import load_method
+from featvlr.inference.loading import load_method
 from featvlr.config import load_config
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, StepState

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import featvlr.methods.teachers as teachers
-from featvlr.core.checkpoint import load_method, resolve_checkpoint
+from featvlr.core.checkpoint import resolve_checkpoint
+from featvlr.inference.loading import load_method
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.core.errors import ConfigError
@@ -183,7 +184,7 @@ def test_feature_teacher_receives_no_gradient(cache):
 
 
 def test_run_teacher_is_frozen_and_looked_up_by_row(cache, vse_run, tmp_path):
-    cfg = get_method("rvlr").prepare(quick(cache, f"model.teacher={vse_run}"), tmp_path / "r")
+    cfg = get_method("rvlr").prepare(quick(cache, f"model.teacher={vse_run}"), tmp_path / "r", load_method)
     path = Path(cfg.model.teacher_cache)
     assert path.parent == Path(str(cache) + ".teachers") and cfg.model.teacher_dim == 32
     method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
@@ -208,16 +209,16 @@ def test_teacher_cache_is_reused_not_recomputed(cache, vse_run, monkeypatch):
     real = teachers.compute_teacher_features
     monkeypatch.setattr(teachers, "compute_teacher_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     ckpt = resolve_checkpoint(vse_run)
-    first = teachers.ensure_teacher_cache(ckpt, cache, "train")
+    first = teachers.ensure_teacher_cache(ckpt, cache, "train", load_method)
     mtime = first.stat().st_mtime_ns
-    second = teachers.ensure_teacher_cache(ckpt, cache, "train")
+    second = teachers.ensure_teacher_cache(ckpt, cache, "train", load_method)
     assert first == second and second.stat().st_mtime_ns == mtime and len(calls) <= 1
     n = len(calls)
-    teachers.ensure_teacher_cache(ckpt, cache, "train")
+    teachers.ensure_teacher_cache(ckpt, cache, "train", load_method)
     assert len(calls) == n  # a third call reads the same file
     stat = ckpt.stat()
     os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a retrained teacher: new file
-    third = teachers.ensure_teacher_cache(ckpt, cache, "train")
+    third = teachers.ensure_teacher_cache(ckpt, cache, "train", load_method)
     assert third != first and len(calls) == n + 1
     table = teachers.load_teacher_cache(third)
     split = FeatureStore(cache).split("train")
@@ -233,7 +234,7 @@ def test_two_stages_in_one_command(cache, tmp_path):
     assert cfg.method == "rvlr" and cfg.model.teacher == str(run / "teacher")
     assert Path(cfg.model.teacher_cache).exists() and result.epochs_run == 1
     teacher_mtime = (run / "teacher" / "ckpt" / "last.pt").stat().st_mtime_ns
-    cfg2 = get_method("rvlr").prepare(quick(cache, "model.teacher=base"), run)  # reuses the finished base
+    cfg2 = get_method("rvlr").prepare(quick(cache, "model.teacher=base"), run, load_method)  # reuses the finished base
     assert (run / "teacher" / "ckpt" / "last.pt").stat().st_mtime_ns == teacher_mtime
     assert cfg2.model.teacher_cache == cfg.model.teacher_cache
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr.core.checkpoint import load_method
+from featvlr.inference.loading import load_method
 from featvlr.config import load_config
 from featvlr.core.distributed import gather_no_grad, gather_with_grad
 from featvlr.core.errors import ConfigError

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from featvlr.core.checkpoint import load_checkpoint, load_method
+from featvlr.core.checkpoint import load_checkpoint
+from featvlr.inference.loading import load_method
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.core.errors import ConfigError, InputError

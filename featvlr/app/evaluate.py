@@ -2,7 +2,7 @@
 
 Three inputs, one protocol:
 
-- a run folder or checkpoint (``featvlr.core.checkpoint.load_method``), embedded on a cache split;
+- a run folder or checkpoint (``featvlr.inference.loading.load_method``), embedded on a cache split;
 - an ``.npz`` with ``images`` ``[n_images, d]`` and ``texts`` ``[n_texts, d]`` embeddings
   (or ``queries`` and ``gallery`` for composed retrieval) from any model;
 - an ``.npy`` similarity matrix ``[n_images, n_texts]`` from any model (i2t and t2i, and
@@ -181,7 +181,7 @@ def run_eval(target: str | Path | Sequence[str | Path] | None = None, *, embeddi
         tpath = Path(target)
         if not tpath.exists():
             raise InputError(tpath, "no such run folder or checkpoint")
-        from featvlr.core.checkpoint import load_method
+        from featvlr.inference.loading import load_method
 
         method, config = load_method(tpath, dev)
         from featvlr.evaluation.results import checkpoint_config_hash
@@ -269,7 +269,7 @@ def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: 
                       inputs: dict) -> tuple[dict, Any, Any, Path]:
     """The metrics of the mean of the members' similarity matrices on one split (each member
     on its own config's cache unless ``cache`` is given), and each member's own metrics."""
-    from featvlr.core.checkpoint import load_method
+    from featvlr.inference.loading import load_method
     from featvlr.evaluation.cross_modal import evaluate_cross_modal
     from featvlr.evaluation.ensemble import check_same_split, method_sims
     from featvlr.evaluation.results import checkpoint_config_hash

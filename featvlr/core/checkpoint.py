@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts (the config as a
 dict, RNG states as tensors), so it loads with ``torch.load(weights_only=True)``: opening
-a checkpoint from elsewhere runs no code.
+a checkpoint from elsewhere runs no code. Rebuilding a method from one is
+:func:`featvlr.inference.loading.load_method` (it needs the configs and the method registry).
 """
 from __future__ import annotations
 
@@ -82,25 +83,3 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     if not path.exists():
         raise InputError(path, "no such run folder or checkpoint")
     return path
-
-
-def load_method(path: str | Path, device: str | torch.device = "cpu", which: str = "best"):
-    """Rebuild a trained method from a run folder or checkpoint: ``(method, config)``.
-
-    The method is in eval mode on ``device``.
-    """
-    from featvlr.config import config_from_dict
-    from featvlr.methods.base import FeatureDims
-    from featvlr.methods.registry import get_method
-
-    ckpt_path = resolve_checkpoint(path, which)
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = config_from_dict(ckpt["config"])
-    dims = FeatureDims(**ckpt["dims"])
-    method = get_method(cfg.method)(cfg.model, cfg.loss, dims)
-    try:
-        method.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise InputError(ckpt_path, f"weights do not fit method {cfg.method!r}: {exc}") from None
-    method.to(device).eval()
-    return method, cfg

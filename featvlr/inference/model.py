@@ -35,7 +35,8 @@ def load(run: str | os.PathLike, *, device: str | torch.device = "auto", which: 
         cache: the feature cache (default: the run config's ``data.cache``).
         text_model: the text encoder folder (default: the one the cache records).
     """
-    from featvlr.core.checkpoint import load_method, resolve_checkpoint
+    from featvlr.core.checkpoint import resolve_checkpoint
+    from featvlr.inference.loading import load_method
     from featvlr.core.device import pick_device
 
     path = Path(run)

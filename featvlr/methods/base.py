@@ -50,7 +50,7 @@ Image-only batches (``encode_images``) carry the image keys, text-only batches t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -74,6 +74,12 @@ class StepState:
     step: int = 0  # global optimiser step, counted from 0
     steps_per_epoch: int = 1
     world_size: int = 1
+
+
+LoadRun = Callable[..., "tuple[Method, Any]"]
+"""``load_run(path, device="cpu", which="best") -> (method, config)``: another run's method,
+rebuilt from its folder or checkpoint in eval mode (:func:`featvlr.inference.loading.load_method`,
+handed down by the trainer: methods do not import the registry that lists them)."""
 
 
 @dataclass
@@ -150,10 +156,16 @@ class Method(nn.Module):
         return []
 
     @classmethod
-    def prepare(cls, config: Any, run_dir: Any) -> Any:
+    def prepare(cls, config: Any, run_dir: Any, load_run: LoadRun | None = None) -> Any:
         """Run after :meth:`stages` are complete, before training: return the config resolved
-        to point at them (a stage's run folder, cached teacher features). Never trains."""
+        to point at them (a stage's run folder, cached teacher features). Never trains.
+        ``load_run`` rebuilds another run's method (:data:`LoadRun`)."""
         return config
+
+    def attach_runs(self, load_run: LoadRun) -> None:
+        """Take what this method needs from other runs (GLS's stage 1, CoVLR's reference) through
+        ``load_run``; the trainer calls it once the method is built, before its own checkpoint is
+        restored. Nothing by default."""
 
     # -- evaluation ----------------------------------------------------------------------
     def encode_images(self, batch: dict[str, torch.Tensor]) -> Any:

@@ -123,7 +123,7 @@ from featvlr.core.errors import ConfigError
 from featvlr.core.schema import choice, number
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.losses.structure import MATCHES, RELATIONS, StructurePreservationLoss
-from featvlr.methods.base import FeatureDims, Method, StepState
+from featvlr.methods.base import FeatureDims, LoadRun, Method, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.meta_step import (
     all_reduce_grads,
@@ -434,16 +434,16 @@ class CoVLR(TowerEncoders, Method):
             ref_t = batch["pooled_text"]
         return ref_v, ref_t
 
-    def teacher(self, device: torch.device) -> Method:
-        """The reference run's method (loaded once, frozen, in eval mode)."""
-        if not self._teacher:
-            from featvlr.core.checkpoint import load_method
+    def attach_runs(self, load_run: LoadRun) -> None:
+        """A run reference (``loss.reference``) is loaded once, frozen, in eval mode."""
+        if self.loss_opts.reference != "features":
+            teacher, _ = load_run(self.loss_opts.reference, "cpu")
+            self._teacher[:] = [teacher.requires_grad_(False).eval()]
 
-            teacher, _ = load_method(self.loss_opts.reference, device)
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            self._teacher.append(teacher.eval())
-        return self._teacher[0]
+    def teacher(self, device: torch.device) -> Method:  # the reference run's method, on ``device``
+        if not self._teacher:
+            raise ConfigError("covlr: loss.reference names a run, but no run was attached (attach_runs)")
+        return self._teacher[0].to(device)
 
 
 __all__ = ["CoVLR", "CoVLRLossOptions", "CoVLRModelOptions", "first_occurrence", "select_virtual",

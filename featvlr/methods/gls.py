@@ -75,7 +75,7 @@ from featvlr.core.distributed import gather_no_grad, gather_with_grad
 from featvlr.core.errors import ConfigError, InputError
 from featvlr.core.schema import choice, number
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
-from featvlr.methods.base import FeatureDims, Method, Stage, StepState
+from featvlr.methods.base import FeatureDims, LoadRun, Method, Stage, StepState
 from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavier_linear
@@ -259,15 +259,17 @@ class GLS(Method):
         self.register_buffer("stage1_ready", torch.tensor(model.stage == 1))
         if model.stage == 2:
             self.stage1.requires_grad_(False)
-            if model.stage1 and Path(model.stage1).exists():
-                self.load_stage1(model.stage1)
 
     # -- stage 1 --------------------------------------------------------------------------
-    def load_stage1(self, path: str | Path) -> None:
-        """Copy the stage-1 weights of a trained run (folder or checkpoint) into this model."""
-        from featvlr.core.checkpoint import load_method
+    def attach_runs(self, load_run: LoadRun) -> None:
+        """Stage 2 starts from the stage-1 run of ``model.stage1`` (:meth:`load_stage1`)."""
+        stage1 = self.model_opts.stage1
+        if self.model_opts.stage == 2 and stage1 and Path(stage1).exists():
+            self.load_stage1(stage1, load_run)
 
-        other, cfg = load_method(path, "cpu")
+    def load_stage1(self, path: str | Path, load_run: LoadRun) -> None:
+        """Copy the stage-1 weights of a trained run (folder or checkpoint) into this model."""
+        other, cfg = load_run(path, "cpu")
         if not isinstance(other, GLS):
             raise InputError(path, f"model.stage1 must be a gls run, got method {cfg.method!r}")
         diff = [k for k in STAGE1_ARCH if getattr(cfg.model, k) != getattr(self.model_opts, k)]
@@ -293,7 +295,7 @@ class GLS(Method):
         return [Stage("stage1", stage1_config(config), Path(run_dir) / "stage1")]
 
     @classmethod
-    def prepare(cls, config: Any, run_dir: Any) -> Any:
+    def prepare(cls, config: Any, run_dir: Any, load_run: LoadRun | None = None) -> Any:
         """Point ``model.stage1`` at the stage-1 run of :meth:`stages`."""
         opts: GLSModelOptions = config.model
         if opts.stage != 2 or opts.stage1:

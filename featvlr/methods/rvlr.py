@@ -104,7 +104,7 @@ from featvlr.core.schema import choice, number
 from featvlr.losses import SoftIdInfoNCE
 from featvlr.losses.distill import DISTANCES, RELATION_FORMS, RepresentationDistillation, StructureDistillation
 from featvlr.losses.structure import off_diagonal
-from featvlr.methods.base import FeatureDims, Method, Stage, StepState
+from featvlr.methods.base import FeatureDims, LoadRun, Method, Stage, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
@@ -291,7 +291,7 @@ class RVLR(TowerEncoders, Method):
         return [Stage("teacher", base_config(config), Path(run_dir) / "teacher")]
 
     @classmethod
-    def prepare(cls, config: Any, run_dir: Any) -> Any:
+    def prepare(cls, config: Any, run_dir: Any, load_run: LoadRun | None = None) -> Any:
         """Resolve a run teacher (``base``: the stage-1 run; or a named run): compute (or reuse)
         its cached embeddings over the training split and record where they are."""
         from featvlr.core.checkpoint import resolve_checkpoint
@@ -304,8 +304,8 @@ class RVLR(TowerEncoders, Method):
         teacher = str(Path(run_dir) / "teacher") if model.teacher == BASE_TEACHER else model.teacher
         ckpt = resolve_checkpoint(teacher, model.teacher_checkpoint)
         if dist_utils.is_main():
-            ensure_teacher_cache(ckpt, config.data.cache, config.data.train_split, device=config.train.device,
-                                 batch_size=config.eval.batch_size)
+            ensure_teacher_cache(ckpt, config.data.cache, config.data.train_split, load_run,
+                                 device=config.train.device, batch_size=config.eval.batch_size)
         dist_utils.barrier()
         path = teacher_cache_path(ckpt, config.data.cache, config.data.train_split)
         model = dataclasses.replace(model, teacher=teacher, teacher_cache=str(path), teacher_dim=teacher_dim(path))

@@ -9,7 +9,7 @@ Two kinds of teacher, both constants during training:
   vector) for images (:func:`features_teacher`).
 - **run**: the embeddings of an earlier featvlr run (RVLR's ``model.teacher: base`` trains
   a ``vse`` run first and uses it: a joint cross-modal space, not uni-modal teachers). They
-  are computed once over the training split with :func:`featvlr.core.checkpoint.load_method` and
+  are computed once over the training split with the run's method (the trainer's ``load_run``) and
   cached beside the feature cache, in ``<cache>.teachers/<run>-<ckpt>-<split>-<hash>.h5``
   (the hash covers the checkpoint file, its size and modification time, the feature cache
   and the split, so retraining the teacher or rebuilding the cache gives a new file). The
@@ -19,7 +19,7 @@ Two kinds of teacher, both constants during training:
 
 Example::
 
-    path = ensure_teacher_cache("runs/f30k_vse", "features/f30k_precomp.h5", "train")
+    path = ensure_teacher_cache("runs/f30k_vse", "features/f30k_precomp.h5", "train", load_method)
     table = load_teacher_cache(path)
     img, txt = table.lookup(batch["image_ids"], batch["text_ids"], device)
 """
@@ -31,6 +31,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -106,19 +107,20 @@ def teacher_cache_path(checkpoint: str | os.PathLike, feature_cache: str | os.Pa
 
 
 @torch.no_grad()
-def compute_teacher_features(checkpoint: str | os.PathLike, feature_cache: str | os.PathLike, split: str, *,
+def compute_teacher_features(checkpoint: str | os.PathLike, feature_cache: str | os.PathLike, split: str,
+                             load_run: Callable[..., Any], *,
                              device: str | torch.device = "auto", batch_size: int = 512
                              ) -> tuple[np.ndarray, np.ndarray, str]:
     """Embed every image and caption of ``split`` with the run at ``checkpoint``.
 
-    Returns ``(image [N_img, d], text [N_txt, d], method name)`` as float32 arrays.
+    ``load_run`` rebuilds the run (:data:`featvlr.methods.base.LoadRun`). Returns
+    ``(image [N_img, d], text [N_txt, d], method name)`` as float32 arrays.
     """
-    from featvlr.core.checkpoint import load_method
     from featvlr.data import iter_image_batches, iter_text_batches
     from featvlr.cache.store import FeatureStore
 
     dev = pick_device(device)
-    method, cfg = load_method(checkpoint, dev)
+    method, cfg = load_run(checkpoint, dev)
     if method.pairwise or method.task != "cross_modal":
         raise ConfigError(f"model.teacher: the {cfg.method!r} run scores pairs of token sets; a teacher must "
                           "embed images and captions as single vectors")
@@ -142,14 +144,18 @@ def write_teacher_cache(path: str | os.PathLike, image: np.ndarray, text: np.nda
     return path
 
 
-def ensure_teacher_cache(checkpoint: str | os.PathLike, feature_cache: str | os.PathLike, split: str, *,
+def ensure_teacher_cache(checkpoint: str | os.PathLike, feature_cache: str | os.PathLike, split: str,
+                         load_run: Callable[..., Any] | None, *,
                          device: str | torch.device = "auto", batch_size: int = 512) -> Path:
     """The teacher cache file of ``checkpoint`` over ``split``: reused when present, else
     computed with :func:`compute_teacher_features` and written atomically."""
     path = teacher_cache_path(checkpoint, feature_cache, split)
     if path.exists():
         return path
-    image, text, method = compute_teacher_features(checkpoint, feature_cache, split, device=device,
+    if load_run is None:
+        raise ConfigError(f"model.teacher: {checkpoint} has no cached embeddings over {split!r} and no run loader "
+                          "was given to compute them (the trainer gives one)")
+    image, text, method = compute_teacher_features(checkpoint, feature_cache, split, load_run, device=device,
                                                    batch_size=batch_size)
     return write_teacher_cache(path, image, text, {
         "checkpoint": str(Path(checkpoint).resolve()), "feature_cache": str(Path(feature_cache).resolve()),

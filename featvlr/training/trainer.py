@@ -46,6 +46,7 @@ from featvlr.core.interrupts import Signalled, StopSignals, interrupted, signal_
 from featvlr.methods.base import FeatureDims, Method, Stage, StepState
 from featvlr.core.device import pick_device
 from featvlr.methods.registry import get_method
+from featvlr.inference.loading import load_method
 from featvlr.config.provenance import check_run_config, config_hash
 from featvlr.core.flatten import flatten_numbers
 from featvlr.training.run_eval import dev_metrics, write_eval
@@ -217,7 +218,7 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
             remove_stale_partials(folder)
     for stage in method_cls.stages(cfg, run_dir):
         run_stage(stage)
-    cfg = method_cls.prepare(cfg, run_dir)
+    cfg = method_cls.prepare(cfg, run_dir, load_method)
     ckpt = None
     if resume:
         last = run_dir / "ckpt" / "last.pt"
@@ -234,7 +235,9 @@ def _train(cfg: Config, run_dir: Path, *, resume: bool, stop: StopSignals,
     task.check_splits(store, cfg, select_split)
     placement = _placement(cfg, train_split, device)
     dims = feature_dims(train_split)
-    method = method_cls(cfg.model, cfg.loss, dims).to(device)
+    method = method_cls(cfg.model, cfg.loss, dims)
+    method.attach_runs(load_method)
+    method = method.to(device)
     batches = task.build_batches(cfg, train_split, rank=rank, world=world, placement=placement, device=device)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * cfg.train.epochs
