@@ -40,16 +40,9 @@ def maybe_build_demo(cfg: Config) -> None:
 def train_from_files(config: str | Path, overrides: list[str], out: str | Path | None, *, resume: bool = False
                      ) -> TrainResult:
     """``featvlr train``: load the config, choose the run folder, build the demo if asked, train."""
-    import torch
-
     cfg = load_config(config, overrides)
     if out is None:
         out = Path("runs") / (cfg.name or Path(config).stem)
-    owns_group = not dist_utils.is_distributed()
-    dist_utils.init_from_env(pick_device(cfg.train.device).type)  # torchrun: one group for both steps
-    try:
+    with dist_utils.process_group(pick_device(cfg.train.device).type):  # torchrun: one group for both steps
         maybe_build_demo(cfg)
         return train(cfg, out, resume=resume)
-    finally:
-        if owns_group and dist_utils.is_distributed():
-            torch.distributed.destroy_process_group()

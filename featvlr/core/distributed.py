@@ -14,6 +14,7 @@ the error and ends that process (a rank blocked in a collective could not raise 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -54,6 +55,18 @@ def init_from_env(device_type: str) -> bool:
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
+
+
+@contextlib.contextmanager
+def process_group(device_type: str):
+    """The default process group for the block when launched by torchrun (:func:`init_from_env`),
+    destroyed when the block ends normally and created it (after an error the process ends, and
+    :class:`FailureWatch` still needs the group's store). Yields whether the run is distributed."""
+    owns = not is_distributed()
+    distributed = init_from_env(device_type)
+    yield distributed
+    if owns and is_distributed():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
