@@ -1,4 +1,5 @@
-"""The HDF5 feature cache: layout, atomic writer and validating lazy reader.
+"""The HDF5 feature cache: its layout and the validating lazy reader (written by
+:class:`featvlr.cache.writer.CacheWriter`).
 
 Layout (``FORMAT_VERSION`` 1; every split is optional)::
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from featvlr.commands.ablate import _ints
+from featvlr.commands.ablate import parse_seeds
 
 
 def retrain_command(config: Path, overrides: list[str], best: dict, out: Path) -> str:
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         from featvlr.tuning.compare import run_compare
 
         result = run_compare([m.strip() for m in methods.split(",") if m.strip()], config_dir, dataset, budget,
-                             _ints(seeds), out, extra=list(overrides or []), storage=storage, seed=seed,
+                             parse_seeds(seeds), out, extra=list(overrides or []), storage=storage, seed=seed,
                              pruner=pruner, untuned=untuned, progress=progress)
         typer.echo(result["headline"])
         typer.echo(f"comparison: {result['markdown']}")
