@@ -7,8 +7,9 @@ new ones with the largest absolute difference per method::
     python benchmarks/demo_results.py --save before.json            # on the old code
     python benchmarks/demo_results.py --compare before.json         # on the new code
 
-Values are compared to the 10 decimals results JSON keeps. ``--epochs N`` shortens every run (``train.epochs=N``) for a quicker check; GLS's stage 1 and
-RVLR's teacher follow their configs.
+Values are compared to the 10 decimals results JSON keeps. ``--epochs N`` shortens every run
+(``train.epochs=N``) for a quicker check; GLS's stage 1 and RVLR's teacher follow their configs.
+(``python -m benchmarks.demo_results`` from the repository root is the same.)
 """
 from __future__ import annotations
 
@@ -19,19 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def flat_numbers(d: dict, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_numbers(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = float(v)
-    return out
+if not __package__:  # run by path rather than with python -m: put the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import demo_cache_for, demo_configs, epoch_records, numbers, pin_threads  # noqa: E402
 
 
 def run_all(configs: list[Path], cache_dir: Path, out_dir: Path, epochs: int | None) -> dict[str, dict]:
@@ -42,7 +33,7 @@ def run_all(configs: list[Path], cache_dir: Path, out_dir: Path, epochs: int | N
     paths = build_demo_caches(cache_dir, progress=False)
     results: dict[str, dict] = {}
     for path in configs:
-        cache = paths["composed_cache"] if "demo_composed.h5" in path.read_text() else paths["cache"]
+        cache = demo_cache_for(path, paths)
         sets = [f"data.cache={cache}", "train.progress=false", "train.seed=0"]
         if epochs is not None:
             sets.append(f"train.epochs={epochs}")
@@ -50,12 +41,10 @@ def run_all(configs: list[Path], cache_dir: Path, out_dir: Path, epochs: int | N
         t0 = time.perf_counter()
         res = train(cfg, out_dir / path.stem)
         seconds = time.perf_counter() - t0
-        test = flat_numbers(res.test_metrics.get("metrics", res.test_metrics))
+        test = numbers(res.test_metrics.get("metrics", res.test_metrics))
         # the mean training loss of every epoch: a sharper witness than the test metrics
-        for line in (out_dir / path.stem / "log.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("event") == "epoch":
-                test[f"train_loss/epoch{rec['epoch']}"] = float(rec["train_loss"])
+        for rec in epoch_records(out_dir / path.stem):
+            test[f"train_loss/epoch{rec['epoch']}"] = float(rec["train_loss"])
         results[path.stem] = {"seconds": round(seconds, 1), "best_epoch": res.best_epoch, "test": test}
         print(f"{path.stem}: {seconds:.0f} s, {len(results[path.stem]['test'])} metrics", flush=True)
     return results
@@ -96,8 +85,8 @@ def main() -> int:
     ap.add_argument("--save", type=Path)
     ap.add_argument("--compare", type=Path)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    configs = sorted((ROOT / "configs").glob(args.configs))
+    pin_threads()
+    configs = demo_configs(args.configs)
     with tempfile.TemporaryDirectory() as tmp:
         results = run_all(configs, Path(args.cache_dir), Path(tmp), args.epochs)
     if args.save:

@@ -5,12 +5,14 @@ Run it whenever a GPU is available and keep its output with the change it checks
     python benchmarks/gpu_check.py                       # CUDA, AMP on
     python benchmarks/gpu_check.py --device cpu --max-steps 3 --loader-images 500   # dry run
 
+(``python -m benchmarks.gpu_check`` from the repository root is the same.)
+
 1. every ``configs/demo_*.yaml`` for one epoch (GLS's stage 1 and RVLR's teacher included)
    with ``train.amp=true`` on the device: seconds, pairs/s, the share of the epoch spent
    waiting for data, where the training rows lived, the dev metric the config selects on,
    and whether every logged loss was finite;
-2. :mod:`benchmarks.bench_loader` (pairs/s of every read path against the bare step);
-3. :mod:`benchmarks.bench_eval` (chunked exact evaluation at COCO 5K shape).
+2. :mod:`benchmarks.speed.bench_loader` (pairs/s of every read path against the bare step);
+3. :mod:`benchmarks.speed.bench_eval` (chunked exact evaluation at COCO 5K shape).
 
 The demo caches are built first when missing (``--cache-dir``).
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +28,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def epoch_records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "log.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if '"event": "epoch"' in line]
+if not __package__:  # run by path rather than with python -m: put the repository root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import demo_cache_for, demo_configs, epoch_records, pin_threads, run_module  # noqa: E402
 
 
 def train_configs(args, out_dir: Path) -> list[dict]:
@@ -42,8 +40,8 @@ def train_configs(args, out_dir: Path) -> list[dict]:
 
     paths = build_demo_caches(args.cache_dir, progress=False)
     rows = []
-    for path in sorted((ROOT / "configs").glob("demo_*.yaml")):
-        cache = paths["composed_cache"] if "demo_composed.h5" in path.read_text() else paths["cache"]
+    for path in demo_configs():
+        cache = demo_cache_for(path, paths)
         sets = [f"data.cache={cache}", f"train.device={args.device}", "train.amp=true", "train.epochs=1",
                 "train.progress=false", f"train.max_steps_per_epoch={args.max_steps}"]
         if "gls" in path.stem:
@@ -71,8 +69,9 @@ def train_configs(args, out_dir: Path) -> list[dict]:
 
 
 def run_script(name: str, extra: list[str]) -> dict:
+    """Run the benchmark module ``benchmarks.<name>`` in a child process; its last line is the row's result."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *extra], capture_output=True, text=True)
+    proc = run_module(f"benchmarks.{name}", extra)
     out = proc.stdout.strip().splitlines()
     print(f"--- {name} {' '.join(extra)}\n{proc.stdout}{proc.stderr[-2000:]}", flush=True)
     return {"check": name, "ok": proc.returncode == 0, "seconds": time.perf_counter() - t,
@@ -87,6 +86,7 @@ def main() -> int:
     ap.add_argument("--loader-images", type=int, default=10000)
     ap.add_argument("--skip-benchmarks", action="store_true")
     args = ap.parse_args()
+    pin_threads()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: run with --device cpu for a dry run")
         return 2
@@ -96,8 +96,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = train_configs(args, Path(tmp))
     if not args.skip_benchmarks:
-        rows.append(run_script("bench_loader.py", ["--images", str(args.loader_images), "--batches", "40"]))
-        rows.append(run_script("bench_eval.py", ["--skip-loop", "--skip-faiss"]))
+        rows.append(run_script("speed.bench_loader", ["--images", str(args.loader_images), "--batches", "40"]))
+        rows.append(run_script("speed.bench_eval", ["--skip-loop", "--skip-faiss"]))
     print(f"\n{'check':<22} {'ok':<4} {'s':>7} {'pairs/s':>9} {'wait':>6} {'rows on':<8} result")
     for r in rows:
         wait = f"{100 * r['data_wait']:.1f}%" if "data_wait" in r else ""

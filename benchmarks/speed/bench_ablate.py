@@ -5,7 +5,7 @@ The saving is process start-up (imports, text of the config) and the feature cac
 `ablate` opens and reads into memory once per process. Runs are kept short
 (`--epochs`, `--steps`) so the comparison measures the overhead, not the training.
 
-    python benchmarks/bench_ablate.py [--epochs 1] [--steps 10] [--cache features/demo.h5]
+    python -m benchmarks.speed.bench_ablate [--epochs 1] [--steps 10] [--cache features/demo.h5]
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import pin_threads
 from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import save_config
 from featvlr.app.demo import build_demo_caches, find_config
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cache", type=Path, default=Path("features/demo.h5"))
     args = ap.parse_args()
+    pin_threads()  # this process and the 12 `featvlr train` processes it starts
     if not args.cache.exists():
         build_demo_caches(args.cache.parent)
     grid = ["loss.margin=0.1,0.2", "method=vse,hrem"]

@@ -10,17 +10,15 @@ times the read chunk (default 2 GiB against 64 MiB chunks) into a cache, samplin
 process RSS; it shows the resident memory stays near one chunk, and, for contrast, what a
 plain memory-mapped read without releasing pages would hold. Files are deleted afterwards.
 
-    python benchmarks/bench_extract.py                    # both parts
-    python benchmarks/bench_extract.py --big-gb 0         # part 1 only
+    python -m benchmarks.speed.bench_extract                    # both parts
+    python -m benchmarks.speed.bench_extract --big-gb 0         # part 1 only
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-MiB = 1 << 20
+from benchmarks.common import MiB, cpu_seconds, peak_rss_mib, pin_threads, proc_status, run_module
 
 SUBJECTS = ["a man", "a woman", "two children", "a dog", "a group of people", "an old man", "a young girl",
             "a black dog", "three men", "a boy", "a cyclist", "a couple", "a worker", "a brown horse"]
@@ -61,14 +59,8 @@ def write_npy(path: Path, shape: tuple[int, ...], seed: int = 0, piece_rows: int
 
 def rss_mib() -> tuple[float, float]:
     """(RssAnon, RssFile) of this process in MiB."""
-    anon = file = 0.0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                anon = int(line.split()[1]) / 1024
-            elif line.startswith("RssFile:"):
-                file = int(line.split()[1]) / 1024
-    return anon, file
+    rss = proc_status("RssAnon", "RssFile")
+    return rss["RssAnon"] / MiB, rss["RssFile"] / MiB
 
 
 class RssSampler:
@@ -96,15 +88,6 @@ class RssSampler:
         self._thread.join()
 
 
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def part1(args, work: Path) -> None:
     from featvlr.extract.precomp import extract_precomp
     from featvlr.extract.text_encoder import TextEncoder
@@ -124,7 +107,7 @@ def part1(args, work: Path) -> None:
     encoder = TextEncoder(device=args.device, batch_size=args.batch_size)
     print(f"text encoder: {encoder.name} on {encoder.device}, loaded in {time.perf_counter() - t:.1f} s "
           f"(torch threads: {__import__('torch').get_num_threads()}, CPU cores: {os.cpu_count()})")
-    rss_before = max_rss_mib()
+    rss_before = peak_rss_mib()
 
     tracemalloc.start()
     t, cpu = time.perf_counter(), cpu_seconds()
@@ -151,7 +134,7 @@ def part1(args, work: Path) -> None:
           f"({len(captions) * len(captions) / stages['relevance'] / 1e6:.1f} M caption pairs/s)")
     print(f"  raw SentenceTransformer.encode on the same captions: {raw:.2f} s = {len(captions) / raw:.0f} "
           f"captions/s (pooled only; {raw_cpu:.1f} CPU-s)")
-    print(f"memory: peak RSS {max_rss_mib():.0f} MiB (process, model included; {rss_before:.0f} MiB before the "
+    print(f"memory: peak RSS {peak_rss_mib():.0f} MiB (process, model included; {rss_before:.0f} MiB before the "
           f"extract); sampled peak during the extract {sampler.peak[0]:.0f} MiB "
           f"(anon {sampler.peak[1]:.0f}, file-backed {sampler.peak[2]:.0f}); tracemalloc peak "
           f"{traced_peak / MiB:.0f} MiB")
@@ -190,9 +173,8 @@ def part2_child(args) -> None:
 
 
 def part2(args, work: Path) -> None:
-    cmd = [sys.executable, __file__, "--child", "--workdir", str(work), "--big-gb", str(args.big_gb),
-           "--chunk-mb", str(args.chunk_mb)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_module(__spec__.name, ["--child", "--workdir", str(work.resolve()), "--big-gb", str(args.big_gb),
+                                      "--chunk-mb", str(args.chunk_mb)])
     if proc.returncode:
         print(proc.stderr, file=sys.stderr)
         raise SystemExit(proc.returncode)
@@ -219,6 +201,7 @@ def main() -> None:
     ap.add_argument("--skip-part1", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    pin_threads()
     if args.child:
         part2_child(args)
         return

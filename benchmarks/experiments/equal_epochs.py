@@ -21,9 +21,9 @@ each method's row says whether it beats it on every seed (``holds``), on average
 (``mixed``) or not (``does not hold``). ``gls`` also gets its stage-1 run as a row of its own
 (``gls_stage1``: it trains before stage 2, so ``gls`` has twice the epochs).
 
-    python benchmarks/equal_epochs.py --dataset demo [--methods vse hrem covlr rvlr]
+    python -m benchmarks.experiments.equal_epochs --dataset demo [--methods vse hrem covlr rvlr]
         [--seeds 0 1 2] [--runs bench_out/equal_epochs] [--reuse] [--set loss.cutoff=1.7 ...]
-    python benchmarks/equal_epochs.py --dataset second --methods vse vse_hardest vse_infonce hrem gls
+    python -m benchmarks.experiments.equal_epochs --dataset second --methods vse vse_hardest vse_infonce hrem gls
         [--json FILE]
 
 One thread, CPU; each run is a ``featvlr train``. ``--reuse`` takes finished runs
@@ -39,9 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import CONFIGS, ROOT, epoch_records, numbers, pin_threads
 
 DATASETS = {
     "demo": {"seed": 0, "params": {}},
@@ -59,14 +57,9 @@ VSE_VARIANTS = {"vse": [], "vse_hardest": ["loss.max_violation=true", "loss.warm
 
 def test_metrics(run_dir: Path) -> dict[str, float]:
     """Test metrics of best.pt, and the best dev rsum over epochs (the value that chose it)."""
-    from featvlr.core.flatten import flatten_numbers
-
     rec = json.loads((run_dir / "eval" / "test.json").read_text(encoding="utf-8"))
-    out = {k: float(v) for k, v in flatten_numbers(rec.get("metrics", rec), sep="/").items()
-           if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    dev = [json.loads(line).get("dev/rsum") for line in
-           (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines() if '"event": "epoch"' in line]
-    dev = [v for v in dev if v is not None]
+    out = numbers(rec.get("metrics", rec))
+    dev = [r["dev/rsum"] for r in epoch_records(run_dir) if r.get("dev/rsum") is not None]
     if dev:
         out["best_dev_rsum"] = max(dev)
     return out
@@ -84,7 +77,7 @@ def run_one(method: str, seed: int, cache: Path, run_dir: Path, sets: list[str],
     if method == "gls_stage1":  # trained by the gls run (its stage 1)
         return test_metrics(run_dir)
     config, extra = ("vse", VSE_VARIANTS[method]) if method in VSE_VARIANTS else (method, [])
-    cfg = load_config(ROOT / "configs" / f"demo_{config}.yaml",
+    cfg = load_config(CONFIGS / f"demo_{config}.yaml",
                       [f"data.cache={cache}", f"train.seed={seed}", "train.progress=false", *extra, *sets])
     t0 = time.perf_counter()
     train(cfg, run_dir, resume=(run_dir / "ckpt" / "last.pt").exists())  # an interrupted run goes on
@@ -157,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the table of the finished runs only; train nothing")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    pin_threads()
 
     from featvlr.app.demo import build_demo_caches
 

@@ -11,7 +11,7 @@ that are noisy copies of gallery items; for flat, IVF and HNSW indexes, the buil
 times, the overlap of the top-10 with exact search, and R@1/R@10 of the source item, next to
 featvlr's exact chunked top-k.
 
-    python benchmarks/bench_eval.py [--images 5000] [--dim 1024] [--gallery 200000] [--skip-loop]
+    python -m benchmarks.speed.bench_eval [--images 5000] [--dim 1024] [--gallery 200000] [--skip-loop]
 """
 from __future__ import annotations
 
@@ -23,18 +23,10 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.common import pin_threads, proc_status
 from featvlr.retrieval.metrics import cross_modal_recall
 from featvlr.retrieval import DenseScores, EmbeddingScores, faiss_search, group_positives, ranks, ranks_from_topk, topk
 from featvlr.evaluation.scenarios import evaluate_cross_modal
-
-
-def _status(key: str) -> int:
-    """A ``/proc/self/status`` field in bytes (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def measure(fn):
@@ -45,11 +37,11 @@ def measure(fn):
         resettable = True
     except OSError:
         resettable = False
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")["VmRSS"]
     t0 = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - t0
-    peak = _status("VmHWM") - base if resettable else float("nan")
+    peak = proc_status("VmHWM")["VmHWM"] - base if resettable else float("nan")
     return out, seconds, peak
 
 
@@ -182,6 +174,7 @@ def main() -> None:
     p.add_argument("--skip-faiss", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    pin_threads()
     print(f"cpu cores: {os.cpu_count()}")
     bench_cross_modal(args.images, args.dim, args.chunk_elements, args.skip_loop, args.seed)
     if not args.skip_faiss:

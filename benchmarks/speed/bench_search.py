@@ -10,7 +10,7 @@ Search is :func:`featvlr.inference.search.embedding_top_items` over a gallery ch
 (what an embedding method's ``featvlr search`` runs on its gallery index) or :class:`featvlr.inference.FaissIndex` (built once per gallery,
 as the run's gallery index is; build time shown apart).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_search.py [--sizes 1000,25000,200000] [--dim 256]
+    python -m benchmarks.speed.bench_search [--sizes 1000,25000,200000] [--dim 256]
         [--indexes exact,flat,ivf,hnsw] [--queries 200] [--threads 1]
 """
 from __future__ import annotations
@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 import torch
+
+from benchmarks.common import pin_threads
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -69,7 +71,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     kinds = [k.strip() for k in args.indexes.split(",") if k.strip()]
     if set(kinds) - {"exact"}:
         import faiss

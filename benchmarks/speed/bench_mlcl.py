@@ -4,11 +4,12 @@ For each method: the batches of :class:`featvlr.data.composed.ComposedBatches` (
 by default, augmented views from the cache), forward + backward + AdamW step, timed over
 whole epochs after one warm-up epoch; then one dev evaluation
 (:func:`featvlr.evaluation.composed.evaluate_composed_method`). Prints epochs/s, steps/s,
-triplets/s and the evaluation time. On CPU the number of threads is set by ``--threads``.
+triplets/s and the evaluation time. CPU threads: ``--threads`` (default 1; it used to be 2,
+so pass ``--threads 2`` to compare with older figures).
 
-    python benchmarks/bench_mlcl.py [--cache features/demo_composed.h5] [--batch 1024]
-        [--epochs 5] [--threads 2] [--device auto]
-    python benchmarks/bench_mlcl.py --synthetic 28225 --dim 640   # CIRR-sized, RN50x4 width
+    python -m benchmarks.speed.bench_mlcl [--cache features/demo_composed.h5] [--batch 1024]
+        [--epochs 5] [--threads 1] [--device auto]
+    python -m benchmarks.speed.bench_mlcl --synthetic 28225 --dim 640   # CIRR-sized, RN50x4 width
 
 ``--synthetic N`` writes a temporary cache of N training triplets of width ``--dim`` (text
 and image vectors of one size, as with CLIP) instead of reading ``--cache``; the demo cache
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import pick_device, pin_threads, sync, training_step
 from featvlr.config import config_from_dict
 from featvlr.data import move_to
 from featvlr.evaluation.composed import evaluate_composed_method
@@ -62,19 +64,13 @@ def bench(name: str, cache: Path, *, batch: int, epochs: int, device: torch.devi
     method = get_method(name)(cfg.model, cfg.loss, feature_dims(split)).to(device)
     batches = ComposedBatches(split, batch_size=batch, seed=0)
     opt = torch.optim.AdamW(method.param_groups(2e-5, 0.0), lr=2e-5, weight_decay=0.0)
-    use_amp = device.type == "cuda"
+    step = training_step(method, opt, amp=device.type == "cuda", clip=None)
 
     def run_epoch(e: int) -> None:
         batches.set_epoch(e)
         for b in range(len(batches)):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = method(move_to(batches[b], device), StepState(epoch=e))
-            loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            step(move_to(batches[b], device), StepState(epoch=e))
+        sync(device)
 
     run_epoch(0)  # warm-up
     t0 = time.perf_counter()
@@ -95,14 +91,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=640)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dev-split", default="val")
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
+    device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         if args.synthetic:
             cache = synthetic_cache(Path(tmp) / "synthetic.h5", args.synthetic, args.dim)

@@ -8,8 +8,8 @@ prints ms/step, the ratio to ``vse`` and the peak memory. On CPU it also prints 
 process CPU time per step, which other processes on a shared machine barely disturb (wall
 times there do not compare between runs).
 
-    python benchmarks/bench_covlr_step.py [--batch 128] [--steps 20] [--device auto] [--no-amp]
-                                          [--threads N]
+    python -m benchmarks.speed.bench_covlr_step [--batch 128] [--steps 20] [--device auto] [--no-amp]
+                                                [--threads 1]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from bench_common import training_step  # the script's folder is on sys.path
+from benchmarks.common import describe_device, f30k_batch, pick_device, pin_threads, sync, training_step
 from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
 
@@ -30,24 +30,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "covlr (2nd order, split)": ("covlr", {"meta_test_batch": "split"}),
     "covlr (2nd order, text only)": ("covlr", {"modalities": ["text"]}),
 }
-
-
-def make_batch(b: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(10, 18, (b,), generator=g)
-    tmask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
-    rmask = torch.ones(b, 36, dtype=torch.bool)
-    batch = {
-        "regions": torch.randn(b, 36, 2048, generator=g),
-        "region_mask": rmask,
-        "region_lengths": rmask.sum(1),
-        "tokens": torch.randn(b, tmask.shape[1], 384, generator=g) * tmask[..., None],
-        "token_mask": tmask,
-        "token_lengths": lengths,
-        "pooled_text": torch.randn(b, 384, generator=g),
-        "image_ids": torch.randint(0, 10 * b, (b,), generator=g),
-    }
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def time_variant(method_name: str, loss: dict, batch: dict, device: torch.device, steps: int, amp: bool
@@ -67,14 +49,13 @@ def time_variant(method_name: str, loss: dict, batch: dict, device: torch.device
 
     for _ in range(3):
         step()
+    sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t, c = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     ms = (time.perf_counter() - t) / steps * 1000
     cpu_ms = (time.process_time() - c) / steps * 1000
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
@@ -87,17 +68,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-amp", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    pin_threads(args.threads)
+    device = pick_device(args.device)
+    name = describe_device(device)
     amp = not args.no_amp and device.type == "cuda"
     print(f"torch {torch.__version__}, {name}, batch {args.batch}, {args.steps} timed steps, "
           f"AMP {'bf16' if amp else 'off'}")
-    batch = make_batch(args.batch, device)
+    batch = f30k_batch(args.batch, device)
     base = base_cpu = None
     on_cpu = device.type == "cpu"
     extra = f" {'cpu ms':>9s} {'x vse':>7s}" if on_cpu else f" {'peak MiB':>9s}"

@@ -6,9 +6,9 @@ pairs/s of building batch 128 (VSE-infinity region dropout 0.2, tokens padded, f
 the training device) from each placement, with the previous path (numpy copies from HDF5
 reads) for reference, and the ratio to one bare ``vse`` training step at the same shapes::
 
-    python benchmarks/bench_loader.py                   # Flickr30K shapes (needs ~6 GB disk)
-    python benchmarks/bench_loader.py --images 3000     # quicker
-    python benchmarks/bench_loader.py --keep /data/f30k_shaped.h5   # reuse the cache file
+    python -m benchmarks.speed.bench_loader                   # Flickr30K shapes (needs ~6 GB disk)
+    python -m benchmarks.speed.bench_loader --images 3000     # quicker
+    python -m benchmarks.speed.bench_loader --keep /data/f30k_shaped.h5   # reuse the cache file
 
 One thread, as in the tests (``--threads`` to change). The disk path is measured after one
 warm pass, i.e. with the cache in the page cache, as in the second epoch of a run.
@@ -16,7 +16,6 @@ warm pass, i.e. with the cache in the page cache, as in the second epoch of a ru
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -24,30 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import f30k_cache, peak_rss_mib, pick_device, pin_threads, sync
 from featvlr.config import load_config
 from featvlr.data import BatchStream, CaptionBatches, region_batch, text_batch, to_tensors
 from featvlr.methods import StepState, get_method
-from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.cache.store import FeatureStore
 from featvlr.training.trainer import feature_dims
-
-
-def write_f30k_shaped(path: Path, n_images: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    n_caps = 5 * n_images
-    lengths = rng.integers(8, 17, size=n_caps)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    with CacheWriter(path, text_encoder="synthetic", text_dim=384) as w:
-        reg = w.create("images/train/regions", (n_images, 36, 2048), np.float16)
-        for s in range(0, n_images, 512):
-            e = min(n_images, s + 512)
-            reg[s:e] = rng.standard_normal((e - s, 36, 2048), dtype=np.float32).astype(np.float16)
-        tok = w.create("texts/train/tokens", (int(offsets[-1]), 384), np.float16)
-        for s in range(0, int(offsets[-1]), 1 << 18):
-            e = min(int(offsets[-1]), s + (1 << 18))
-            tok[s:e] = rng.standard_normal((e - s, 384), dtype=np.float32).astype(np.float16)
-        w.write("texts/train/offsets", offsets)
-        w.write("texts/train/pooled", rng.standard_normal((n_caps, 384), dtype=np.float32).astype(np.float16))
-        w.write("texts/train/image_index", np.repeat(np.arange(n_images), 5).astype(np.int64))
 
 
 def previous_path(split, batches: CaptionBatches, b: int) -> dict:
@@ -76,15 +57,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="cache file to write once and reuse")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pin_threads(args.threads)
+    device = pick_device("auto")
     print(f"torch {torch.__version__}, {args.threads} thread(s), training device {device}")
     with tempfile.TemporaryDirectory() as tmp:
-        cache = args.keep or Path(tmp) / "f30k_shaped.h5"
-        if not cache.exists():
-            t = time.perf_counter()
-            write_f30k_shaped(cache, args.images)
-            print(f"wrote {cache.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - t:.0f} s")
+        cache = f30k_cache(args.keep, Path(tmp), args.images)
         store = FeatureStore(cache)
         split = store.split("train")
         print(f"cache: {split.n_images} images x 36 x 2048 fp16, {split.n_texts} captions, batch {args.batch}")
@@ -101,8 +78,7 @@ def main() -> None:
             batches.set_epoch(1)
             for _ in stream:
                 pass
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(device)
             rows.append((name, n * args.batch / (time.perf_counter() - t)))
 
         old = CaptionBatches(split, batch_size=args.batch, seed=0, region_dropout=0.2, max_batches=n)
@@ -141,13 +117,12 @@ def main() -> None:
 
         step(0)
         step_rate = rate(step, 6, args.batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         print(f"{'path':<44} {'pairs/s':>9} {'loader time / step time':>24}")
         for name, r in rows:
             print(f"{name:<44} {r:9.0f} {step_rate / r:24.3f}")
         print(f"{'bare vse step (embed 1024), for the ratio':<44} {step_rate:9.0f}")
-        print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        print(f"peak resident memory: {peak_rss_mib() / 1024:.2f} GiB")
         store.close()
 
 

@@ -15,10 +15,10 @@ Two baselines over the same frozen features as ``combiner`` and ``mlcl``:
 Metrics: val through :func:`featvlr.evaluation.composed.evaluate_composed` (CIRR protocol:
 reference removed from the gallery, Rsubset@K within the image set) and test1 through the
 CIRR test-server lists (:func:`featvlr.evaluation.composed.cirr_submission`) scored against
-the demo's ground truth, exactly as ``benchmarks/compare_mlcl_demo.py`` scores the trained
-methods.
+the demo's ground truth, exactly as ``benchmarks/experiments/compare_mlcl_demo.py`` scores the
+trained methods (:func:`benchmarks.common.score_lists`).
 
-    python benchmarks/composed_baselines.py --cache features/demo_composed.h5 [--data DIR]
+    python -m benchmarks.experiments.composed_baselines --cache features/demo_composed.h5 [--data DIR]
         [--seeds 0 1 2] [--epochs 60] [--lr 5e-4] [--hidden 1024] [--json FILE]
 """
 from __future__ import annotations
@@ -26,14 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_mlcl_demo import KEYS, read_truth, score_lists  # noqa: E402
+from benchmarks.common import CIRR_KEYS, pin_threads, print_cirr_table, read_truth, score_lists, truth_file
 
 ALPHAS = tuple(float(a) for a in np.logspace(-6, 3, 19))
 
@@ -80,7 +78,7 @@ def score(query: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tensor, 
     comp = split.composed()
     res = evaluate_composed(q, g, comp, protocol="cirr")
     if res:
-        return {k: res[f"composed/{k}"] for k in KEYS}
+        return {k: res[f"composed/{k}"] for k in CIRR_KEYS}
     if truth is None:
         return {}
     recall, subset = cirr_submission(q, g, comp, split.image_ids())
@@ -154,12 +152,6 @@ def mlp_baseline(store, truth, *, seed: int, epochs: int, lr: float, hidden: int
     return {"epoch": best[1], "val": best[2], "test1": best[3]}
 
 
-def fmt(rows: list[dict[str, float]], key: str) -> str:
-    vals = [r[key] for r in rows]
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.fmean(vals):6.1f} ± {sd:3.1f}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default="features/demo_composed.h5")
@@ -171,12 +163,12 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    pin_threads()
     from featvlr.cache.store import FeatureStore
 
     cache = Path(args.cache)
-    truth_file = Path(args.data or cache.parent / "demo_data") / "truth" / "cirr_test1_edits.json"
-    truth = read_truth(truth_file) if truth_file.exists() else None
+    truth_path = truth_file(cache, args.data)
+    truth = read_truth(truth_path) if truth_path.exists() else None
     store = FeatureStore(cache)
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
     record: dict[str, object] = {}
@@ -190,11 +182,7 @@ def main() -> None:
     table[f"mlp e{args.epochs}"] = {"val": [m["val"] for m in mlp], "test1": [m["test1"] for m in mlp if m["test1"]]}
     print(f"{cache}; ridge: closed form, alpha on val; mlp: seeds {args.seeds}, mean ± std, best epochs "
           f"{[m['epoch'] for m in mlp]} of {args.epochs}")
-    print(f"{'baseline':<18} {'split':<6} " + " ".join(f"{k:>12}" for k in KEYS))
-    for name, res in table.items():
-        for split, rows in res.items():
-            if rows:
-                print(f"{name:<18} {split:<6} " + " ".join(f"{fmt(rows, k):>12}" for k in KEYS))
+    print_cirr_table(table, "baseline")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(record, indent=1), encoding="utf-8")

@@ -4,7 +4,7 @@ Prints: pairs/s of the engine (trainer, loader, logging), pairs/s of the same st
 loop over pre-built tensors (no loader, no trainer), their ratio (the engine's overhead), and
 the loader's items/s alone.
 
-    python benchmarks/bench_train.py [--images 2000] [--steps 20] [--batch 128]
+    python -m benchmarks.speed.bench_train [--images 2000] [--steps 20] [--batch 128]
 """
 from __future__ import annotations
 
@@ -16,27 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import pin_threads, write_f30k_shaped
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.methods import StepState, get_method
-from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.cache.store import FeatureStore
 from featvlr.training.trainer import feature_dims, train
-
-
-def write_f30k_shaped(path: Path, n_images: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    n_caps = 5 * n_images
-    lengths = rng.integers(10, 18, size=n_caps)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    with CacheWriter(path, text_encoder="synthetic", text_dim=384) as w:
-        reg = w.create("images/train/regions", (n_images, 36, 2048), np.float16)
-        for s in range(0, n_images, 256):
-            e = min(n_images, s + 256)
-            reg[s:e] = rng.standard_normal((e - s, 36, 2048), dtype=np.float32).astype(np.float16)
-        w.write("texts/train/tokens", rng.standard_normal((offsets[-1], 384), dtype=np.float32).astype(np.float16))
-        w.write("texts/train/offsets", offsets)
-        w.write("texts/train/pooled", rng.standard_normal((n_caps, 384), dtype=np.float32))
-        w.write("texts/train/image_index", np.repeat(np.arange(n_images), 5))
 
 
 def main() -> None:
@@ -45,11 +30,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
+    pin_threads()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "f30k_shaped.h5"
         t = time.perf_counter()
-        write_f30k_shaped(cache, args.images)
+        write_f30k_shaped(cache, args.images, token_lengths=(10, 18), pooled_dtype=np.float32)
         print(f"cache: {args.images} images x 36 x 2048 fp16, {5 * args.images} captions x 384-d tokens "
               f"({cache.stat().st_size / 2**20:.0f} MiB, written in {time.perf_counter() - t:.1f} s)")
         sets = [f"data.cache={cache}", "data.test_split=", "train.eval_every=0", "train.epochs=1",

@@ -18,7 +18,7 @@ config's learning rate and clipping), to see the balance during training rather 
 initialisation. ``loss.reduction: sum`` is the balance before the hinge's distillation
 terms were put in its units (``auto``); with InfoNCE ``auto`` is ``mean``, the paper's.
 
-    python benchmarks/bench_rvlr_balance.py [--cache features/demo.h5] [--batch 128]
+    python -m benchmarks.experiments.rvlr_balance [--cache features/demo.h5] [--batch 128]
         [--reductions sum auto] [--batches 4] [--steps 0]
 
 The demo cache is written by ``featvlr demo --data-only``. Measured on it (B = 128, 3
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import pin_threads, training_step
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.methods import StepState, get_method
@@ -71,13 +72,9 @@ def term_norms(method, batch, state: StepState) -> dict[str, float]:
 
 
 def pretrain(method, batches, cfg, steps: int) -> None:
-    opt = torch.optim.AdamW(method.parameters(), lr=cfg.train.lr)
+    step = training_step(method, torch.optim.AdamW(method.parameters(), lr=cfg.train.lr), clip=cfg.train.grad_clip)
     for i in range(steps):
-        out = method(batches[i % len(batches)], StepState(epoch=1, step=i))
-        opt.zero_grad()
-        sum(v for k, v in out.items() if k.endswith("_loss")).backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
-        opt.step()
+        step(batches[i % len(batches)], StepState(epoch=1, step=i))
 
 
 def main() -> None:
@@ -92,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.cache.exists():
         raise SystemExit(f"{args.cache}: no such feature cache (featvlr demo --data-only writes the demo one)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pin_threads()
     print(f"encoder-gradient norms, B={args.batch}, mean over {args.batches} batches, "
           f"after {args.steps} training steps")
     for base in args.bases:

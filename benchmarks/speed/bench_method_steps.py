@@ -1,12 +1,12 @@
 """Per-step compute of every cross-modal method at the same shapes, against the ``vse`` step.
 
 Builds a Flickr30K-shaped cache in a temporary folder (``--images`` x 36 x 2048 float16
-regions, 5 captions per image of 8-16 tokens x 384, pooled vectors; the writer of
-``bench_loader.py``), loads the training split in memory and pre-builds a few batches
-(``CaptionBatches(batch_size=128, seed=0, region_dropout=0.2, placement="memory")``), then
-times forward + backward + grad clip (2.0) + AdamW on those batches for each method, with
-the model and loss options of ``configs/<family>_<method>.yaml`` and ``model.embed_dim``
-set to ``--embed`` (512):
+regions, 5 captions per image of 8-16 tokens x 384, pooled vectors; ``bench_loader``'s
+writer, :func:`benchmarks.common.write_f30k_shaped`), loads the training split in memory and
+pre-builds a few batches (``CaptionBatches(batch_size=128, seed=0, region_dropout=0.2,
+placement="memory")``), then times forward + backward + grad clip (2.0) + AdamW on those
+batches for each method, with the model and loss options of ``configs/<family>_<method>.yaml``
+and ``model.embed_dim`` set to ``--embed`` (512):
 
 - ``vse``, ``covlr``;
 - ``hrem`` before its relation module switches on (``hrem``) and after (``hrem_graph``);
@@ -22,7 +22,7 @@ eval mode): ``gls_s2``'s count leaves out its stage-1 forward (about a third of 
 count). With ``--profile METHOD`` it also prints a ``torch.profiler`` table (top ops by
 self CPU time) of one step of that method.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_method_steps.py [--images 3000] [--steps 3]
+    python -m benchmarks.speed.bench_method_steps [--images 3000] [--steps 3] [--threads 1]
         [--family demo|f30k] [--methods vse hrem hrem_graph gls_s1 gls_s2 covlr]
         [--profile gls_s1] [--keep /tmp/f30k_3000.h5]
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,17 +37,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import training_step  # noqa: E402
-from bench_loader import write_f30k_shaped  # noqa: E402
+from benchmarks.common import CONFIGS, f30k_cache, pin_threads, training_step
+from featvlr.config import load_config
+from featvlr.data import CaptionBatches
+from featvlr.methods import StepState, get_method
+from featvlr.cache.store import FeatureStore
+from featvlr.training.trainer import feature_dims
 
-from featvlr.config import load_config  # noqa: E402
-from featvlr.data import CaptionBatches  # noqa: E402
-from featvlr.methods import StepState, get_method  # noqa: E402
-from featvlr.cache.store import FeatureStore  # noqa: E402
-from featvlr.training.trainer import feature_dims  # noqa: E402
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # name -> (config method, extra overrides, StepState keyword arguments)
 VARIANTS = {
     "vse": ("vse", [], {"epoch": 1}),
@@ -105,16 +100,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", type=Path, default=None, help="cache file to write once and reuse")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     device = torch.device("cpu")
     print(f"torch {torch.__version__}, {args.threads} thread(s), {device}; batch {args.batch}, "
           f"embed {args.embed}, configs/{args.family}_*.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        cache = args.keep or Path(tmp) / "f30k_shaped.h5"
-        if not cache.exists():
-            t = time.perf_counter()
-            write_f30k_shaped(cache, args.images)
-            print(f"wrote {cache} ({cache.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s")
+        cache = f30k_cache(args.keep, Path(tmp), args.images)
         store = FeatureStore(cache)
         split = store.split("train").load_in_memory()
         dims = feature_dims(split)

@@ -15,7 +15,7 @@ token features of 12-20 tokens, 1024-d embeddings):
 prints the median ms/step, the ratio of the HREM step to the ``vse`` step and a quadratic fit of the
 relation cost, and saves a PNG plot of the curves. AMP (bf16 autocast) on CUDA.
 
-    python benchmarks/bench_hrem_relation.py [--batches 32 64 128 256] [--steps 5] [--device auto]
+    python -m benchmarks.speed.bench_hrem_relation [--batches 32 64 128 256] [--steps 5] [--device auto]
         [--plot bench_out/hrem_relation.png] [--relation-only]
         [--embed 1024 --regions 36 --region-dim 2048 --text-dim 384]   # smaller shapes for a CPU
 """
@@ -23,70 +23,37 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_common import training_step  # the script's folder is on sys.path
+from benchmarks.common import describe_device, f30k_batch, pick_device, pin_threads, sync, training_step
 from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
 from featvlr.methods.hrem import HREMLossOptions, HREMModelOptions
 
-
-@dataclass
-class Shapes:
-    """Feature shapes (Flickr30K by default; the command line can shrink them for a CPU run)."""
-
-    regions: int = 36
-    region_dim: int = 2048
-    text_dim: int = 384
-    embed: int = 1024
-
-
-S = Shapes()
-
-
-def make_batch(b: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(12, 21, (b,), generator=g)
-    tmask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
-    rmask = torch.ones(b, S.regions, dtype=torch.bool)
-    batch = {
-        "regions": torch.randn(b, S.regions, S.region_dim, generator=g),
-        "region_mask": rmask,
-        "region_lengths": rmask.sum(1),
-        "tokens": torch.randn(b, tmask.shape[1], S.text_dim, generator=g) * tmask[..., None],
-        "token_mask": tmask,
-        "token_lengths": lengths,
-        "pooled_text": torch.randn(b, S.text_dim, generator=g),
-        "image_ids": torch.randint(0, 10 * b, (b,), generator=g),
-    }
-    return {k: v.to(device) for k, v in batch.items()}
+TOKEN_LENGTHS = (12, 21)  # 12-20 tokens a caption
 
 
 def timed(fn, device: torch.device, steps: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - t)
     return float(np.median(times)) * 1000
 
 
-def build(method: str, device: torch.device, **loss) -> torch.nn.Module:
+def build(method: str, dims: FeatureDims, embed: int, device: torch.device, **loss) -> torch.nn.Module:
     torch.manual_seed(0)
     cls = get_method(method)
-    dims = FeatureDims(region_dim=S.region_dim, n_regions=S.regions, text_dim=S.text_dim)
-    return cls(cls.ModelOptions(embed_dim=S.embed), cls.LossOptions(**loss), dims).to(device).train()
+    return cls(cls.ModelOptions(embed_dim=embed), cls.LossOptions(**loss), dims).to(device).train()
 
 
 def step_ms(method: torch.nn.Module, batch: dict, state: StepState, device: torch.device, steps: int,
@@ -96,20 +63,20 @@ def step_ms(method: torch.nn.Module, batch: dict, state: StepState, device: torc
     return timed(lambda: one_step(batch), device, steps)
 
 
-def relation_ms(b: int, device: torch.device, steps: int, amp: bool) -> float:
+def relation_ms(b: int, dims: FeatureDims, embed: int, device: torch.device, steps: int, amp: bool) -> float:
     """Forward + backward of the relation part of the loss on given embeddings and tokens."""
     torch.manual_seed(0)
     from featvlr.methods.hrem import HREMCriterion
 
-    crit = HREMCriterion(HREMModelOptions(embed_dim=S.embed), HREMLossOptions(graph_warmup_steps=0)).to(device)
+    crit = HREMCriterion(HREMModelOptions(embed_dim=embed), HREMLossOptions(graph_warmup_steps=0)).to(device)
     g = torch.Generator().manual_seed(1)
-    lengths = torch.randint(12, 21, (b,), generator=g)
+    lengths = torch.randint(*TOKEN_LENGTHS, (b,), generator=g)
     wmask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(device)
-    words = torch.randn(b, wmask.shape[1], S.embed, generator=g).to(device)
-    regions = torch.randn(b, S.regions, S.embed, generator=g).to(device)
-    rmask = torch.ones(b, S.regions, dtype=torch.bool, device=device)
-    v0 = torch.randn(b, S.embed, generator=g).to(device).requires_grad_()
-    t0 = torch.randn(b, S.embed, generator=g).to(device).requires_grad_()
+    words = torch.randn(b, wmask.shape[1], embed, generator=g).to(device)
+    regions = torch.randn(b, dims.n_regions, embed, generator=g).to(device)
+    rmask = torch.ones(b, dims.n_regions, dtype=torch.bool, device=device)
+    v0 = torch.randn(b, embed, generator=g).to(device).requires_grad_()
+    t0 = torch.randn(b, embed, generator=g).to(device).requires_grad_()
     ids = torch.arange(b, device=device)
     state = StepState(step=0)
 
@@ -134,30 +101,32 @@ def main() -> None:
     ap.add_argument("--no-amp", action="store_true")
     ap.add_argument("--plot", default="bench_out/hrem_relation.png")
     ap.add_argument("--relation-only", action="store_true", help="time the relation module only")
-    ap.add_argument("--embed", type=int, default=S.embed)
-    ap.add_argument("--regions", type=int, default=S.regions)
-    ap.add_argument("--region-dim", type=int, default=S.region_dim)
-    ap.add_argument("--text-dim", type=int, default=S.text_dim)
+    ap.add_argument("--embed", type=int, default=1024)
+    ap.add_argument("--regions", type=int, default=36)
+    ap.add_argument("--region-dim", type=int, default=2048)
+    ap.add_argument("--text-dim", type=int, default=384)
     args = ap.parse_args()
-    S.regions, S.region_dim, S.text_dim, S.embed = args.regions, args.region_dim, args.text_dim, args.embed
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    pin_threads()
+    dims = FeatureDims(region_dim=args.region_dim, n_regions=args.regions, text_dim=args.text_dim)
+    embed = args.embed
+    device = pick_device(args.device)
+    name = describe_device(device)
     amp = not args.no_amp and device.type == "cuda"
     print(f"torch {torch.__version__}, {name}, {args.steps} timed steps, AMP {'bf16' if amp else 'off'}; "
-          f"regions [{S.regions}, {S.region_dim}], tokens 12-20 x {S.text_dim}, embed {S.embed}")
+          f"regions [{dims.n_regions}, {dims.region_dim}], tokens 12-20 x {dims.text_dim}, embed {embed}")
     print(f"{'B':>5s} {'relation':>10s} {'hrem on':>10s} {'hrem warm':>10s} {'vse':>10s} {'on/vse':>7s} "
           f"{'warm/vse':>8s}   (ms/step)")
     rows = []
     for b in args.batches:
-        batch = make_batch(b, device)
-        rel = relation_ms(b, device, args.steps, amp)
+        batch = f30k_batch(b, device, token_lengths=TOKEN_LENGTHS, regions=dims.n_regions,
+                           region_dim=dims.region_dim, text_dim=dims.text_dim)
+        rel = relation_ms(b, dims, embed, device, args.steps, amp)
         on = warm = vse = float("nan")
         if not args.relation_only:
-            hrem = build("hrem", device)
+            hrem = build("hrem", dims, embed, device)
             on = step_ms(hrem, batch, StepState(step=10**9, epoch=1), device, args.steps, amp)
             warm = step_ms(hrem, batch, StepState(step=0, epoch=1), device, args.steps, amp)
-            vse = step_ms(build("vse", device), batch, StepState(epoch=1), device, args.steps, amp)
+            vse = step_ms(build("vse", dims, embed, device), batch, StepState(epoch=1), device, args.steps, amp)
         rows.append((b, rel, on, warm, vse))
         print(f"{b:5d} {rel:10.1f} {on:10.1f} {warm:10.1f} {vse:10.1f} {on / vse:7.2f} {warm / vse:8.2f}", flush=True)
     bs = np.array([r[0] for r in rows], dtype=float)
@@ -183,7 +152,7 @@ def main() -> None:
         ax.plot(grid, c0 + c1 * grid + c2 * grid ** 2, "k:", lw=1, label="quadratic fit (relation)")
     ax.set_xlabel("batch size B")
     ax.set_ylabel("ms / step")
-    ax.set_title(f"HREM relation module cost ({name}; embed {S.embed}, {S.regions} regions)", fontsize=9)
+    ax.set_title(f"HREM relation module cost ({name}; embed {embed}, {dims.n_regions} regions)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out = Path(args.plot)

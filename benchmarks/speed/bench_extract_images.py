@@ -14,24 +14,22 @@ clip-vit-base-patch16; ``small``: 4 layers of 256 for a CPU dry run) or loads
 It prints both rates, their ratio (goal: at least 0.9) and peak memory: CUDA max allocated
 and the peak RSS of this process and of the workers. Files are deleted afterwards.
 
-    python benchmarks/bench_extract_images.py                           # CUDA when present
-    python benchmarks/bench_extract_images.py --preset small --n 128 --workers 1 --device cpu
+    python -m benchmarks.speed.bench_extract_images                     # CUDA when present
+    python -m benchmarks.speed.bench_extract_images --preset small --n 128 --workers 1 --device cpu
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import peak_rss_mib, pin_threads, sync
 
 PRESETS = {"base": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                         image_size=224, patch_size=16, projection_dim=512),
@@ -69,23 +67,16 @@ def build_tower(folder: Path, preset: str) -> Path:
     return folder
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def bare_rate(bb, pixels, batch_size: int, repeats: int) -> float:
     """Images/s of ``bb.forward`` on pinned pre-processed tensors, outputs left on the device."""
     batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
     bb.forward(batches[0])
-    _sync(bb.device)
+    sync(bb.device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         for b in batches:
             bb.forward(b)
-    _sync(bb.device)
+    sync(bb.device)
     return repeats * len(pixels) / (time.perf_counter() - t0)
 
 
@@ -115,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    pin_threads()  # this process; the DataLoader workers are one-thread processes too
 
     import torch
 
@@ -145,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
             "bare_images_per_s": round(bare, 1), "pipeline_images_per_s": round(pipe, 1),
             "ratio": round(pipe / bare, 3),
             "cuda_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if bb.device.type == "cuda" else None,
-            "rss_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "workers_rss_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "rss_peak_mib": round(peak_rss_mib(), 1),
+            "workers_rss_peak_mib": round(peak_rss_mib(children=True), 1),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Scripts whose output is a result table (``python -m benchmarks.experiments.<script>``)."""

@@ -1,0 +1,1 @@
+"""Scripts that print speed and memory figures (``python -m benchmarks.speed.<script>``)."""
