@@ -92,9 +92,9 @@ Notes on the implementation:
 - **Cost**: one extra backward with ``create_graph`` plus one extra forward of the towers at
   ``theta'``, and a double backward (in the step with ``loss.log_meta_cosine``, where one
   first-order backward of the plain structure term is added; in the outer pass without);
-  ``benchmarks/bench_covlr_step.py`` measures it against ``vse``.
+  ``benchmarks/speed/bench_covlr_step.py`` measures it against ``vse``.
 
-Measured (``benchmarks/equal_epochs.py``, test rsum, paired by seed): on a demo ``vse``
+Measured (``benchmarks/experiments/equal_epochs.py``, test rsum, paired by seed): on a demo ``vse``
 checkpoint the earlier SGD step (alpha 1e-3 on the summed hinge) moved the weights by 0.03 %,
 meta/plain cosine 0.9999; normalised steps of 0.5 / 2 / 5 % give 0.98 / 0.74 / 0.41. In
 training the meta-step acts (per-epoch cosine 0.04-0.85 at alpha 0.02, 0.8-0.95 at 0.005)

@@ -79,7 +79,7 @@ Differences from the paper code (its behaviour is described in METHODS.md, secti
   ``loss.reduction: auto`` multiplies the distillation terms by ``2 * B * tau``, ``tau`` the
   *learned* distillation temperature of the step (:func:`distill_scale`), which keeps the
   paper's distillation-to-base gradient ratio
-  (``benchmarks/bench_rvlr_balance.py`` prints it; ``sum``, x B, made them 6-12x the hinge).
+  (``benchmarks/experiments/rvlr_balance.py`` prints it; ``sum``, x B, made them 6-12x the hinge).
 - **Two stages (``model.teacher: base``), one train section.** Stage 1 and stage 2 use the
   config's ``train`` section; the student starts from the stage-1 weights
   (``model.init_from_teacher``) as the paper's stage 2 loads its stage-1 checkpoint, and
@@ -216,7 +216,7 @@ def distill_scale(loss: RVLRLossOptions, batch: int, *, hinge: bool, temperature
     directions over the batch in cosine units, where the paper's ITC averages them in units of
     ``1 / tau``; the distillation terms are mean cross-entropies over cosines / tau (and MAE
     over relations / tau2), so this factor puts them in the hinge's units and keeps the
-    paper's distillation-to-base gradient ratio (about 1-2x, benchmarks/bench_rvlr_balance.py).
+    paper's distillation-to-base gradient ratio (about 1-2x, benchmarks/experiments/rvlr_balance.py).
     """
     if loss.reduction == "mean":
         return 1.0
