@@ -2,11 +2,11 @@
 
 ``make_demo_dataset(out)`` writes, from one seed and byte for byte reproducibly:
 
-- a SCAN/BUTD "precomp" dataset (``METHODS.md`` 1.1): ``{split}_ims.npy`` float32
-  ``[N, R, D]`` region features, ``{split}_caps.txt`` (5 consecutive captions per image)
+- a SCAN/BUTD "precomp" dataset (read by :mod:`featvlr.extract.precomp`): ``{split}_ims.npy``
+  float32 ``[N, R, D]`` region features, ``{split}_caps.txt`` (5 consecutive captions per image)
   and ``{split}_ids.txt`` for the splits ``train``, ``dev`` and ``test``;
-- a composed-retrieval split in the CIRR layout (``METHODS.md`` 1.4) under ``cirr/``:
-  ``captions/cap.rc2.{train,val,test1}.json``, ``image_splits/split.rc2.{...}.json``, and
+- a composed-retrieval split in the CIRR layout (read by :mod:`featvlr.extract.composed_readers`)
+  under ``cirr/``: ``captions/cap.rc2.{train,val,test1}.json``, ``image_splits/split.rc2.{...}.json``, and
   global image features ``image_features.npz`` (name -> ``[Dg]``) and
   ``image_features_aug.npz`` (name -> ``[K, Dg]`` augmented views);
 - ``truth/``: the scene graphs behind every image and the edit behind every composed pair

@@ -5,7 +5,7 @@ CUDA) and compute exact results by chunks through :mod:`featvlr.retrieval`; the
 ``*_from_ranks`` helpers turn rank vectors into metrics for callers that rank otherwise
 (embeddings, pairwise scores, FAISS).
 
-Definitions (``METHODS.md`` section 2):
+Definitions (the protocols behind them: :mod:`featvlr.evaluation.scenarios`):
 
 - Ranks are 0-based; ``R@K = 100 * hits / n`` (hits: queries with rank < K, so 11 of 20
   is exactly 55.0); ``medr = floor(median(rank)) + 1``; ``meanr = mean(rank) + 1``. An
