@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from featvlr.losses.hinge import HingeLoss
-from featvlr.modules.alignment import full_precision
+from featvlr.modules.precision import fp32
 
 
 def intra_modal_consistency(image_emb: torch.Tensor, text_emb: torch.Tensor, *, margin: float = 0.3) -> torch.Tensor:
@@ -15,9 +15,8 @@ def intra_modal_consistency(image_emb: torch.Tensor, text_emb: torch.Tensor, *, 
     largest disagreement between the text-text and image-image similarities beyond
     ``margin``; summed over columns (the peer code's reduction).
     """
-    with torch.autocast(image_emb.device.type, enabled=False):  # similarities in float32
-        image_emb, text_emb = full_precision(image_emb, text_emb)
-        diff = (text_emb @ text_emb.t() - image_emb @ image_emb.t()).abs()
+    with fp32(image_emb, text_emb) as (v, t):  # similarities in float32
+        diff = (t @ t.t() - v @ v.t()).abs()
         return (diff.max(0).values - margin).clamp(min=0).sum()
 
 
@@ -55,10 +54,9 @@ class ConsistentMultimodalContrastiveLoss(nn.Module):
 
     def terms(self, image_emb: torch.Tensor, text_emb: torch.Tensor, *, max_violation: bool = True,
               image_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(image_emb.device.type, enabled=False):  # scores in float32
-            image_emb, text_emb = full_precision(image_emb, text_emb)
-            inter = self.hinge(image_emb @ text_emb.t(), max_violation=max_violation, image_ids=image_ids)
-        intra = intra_modal_consistency(image_emb, text_emb, margin=self.intra_margin)
+        with fp32(image_emb, text_emb) as (v, t):  # scores in float32
+            inter = self.hinge(v @ t.t(), max_violation=max_violation, image_ids=image_ids)
+        intra = intra_modal_consistency(v, t, margin=self.intra_margin)  # one promotion for both terms
         return inter, intra
 
     def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, *, max_violation: bool = True,

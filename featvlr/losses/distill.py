@@ -28,6 +28,7 @@ from torch import nn
 
 from featvlr.losses.infonce import ClampedTemperature, soft_cross_entropy, soft_id_targets
 from featvlr.losses.structure import off_diagonal, relation_matrix
+from featvlr.modules.precision import fp32
 
 DISTANCES = ("mae", "mse", "wd")
 # How relation rows are compared: "absolute" (the cosines / tau2 as they are, the paper's) or
@@ -125,8 +126,8 @@ class RepresentationDistillation(ClampedTemperature):
     """
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(student.device.type, enabled=False):  # relations in float32
-            logits = student.float() @ teacher.float().t() / self.tau
+        with fp32(student, teacher) as (s, t):  # relations in float32
+            logits = s @ t.t() / self.tau
             return soft_cross_entropy(logits, soft_id_targets(image_ids, image_ids))
 
 
@@ -212,8 +213,8 @@ class StructureDistillation(nn.Module):
                 teacher_image: torch.Tensor) -> dict[str, torch.Tensor]:
         if not students:
             raise ValueError("StructureDistillation needs at least one student embedding batch")
-        with torch.autocast(students[0].device.type, enabled=False):  # relations in float32
-            return self._forward(students, teacher_text, teacher_image)
+        with fp32(*students, teacher_text, teacher_image) as (*s, tt, ti):  # relations in float32
+            return self._forward(s, tt, ti)
 
     def _forward(self, students: list[torch.Tensor], teacher_text: torch.Tensor,
                  teacher_image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featvlr.modules.precision import fp32
+
 
 def soft_id_targets(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
     """``y[i, j] = 1[id_i = id_j] / sum_j 1[id_i = id_j]`` (X-VLM ITC targets)."""
@@ -50,6 +52,7 @@ class SoftIdInfoNCE(ClampedTemperature):
     """
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        logits = v @ t.t() / self.tau
-        targets = soft_id_targets(image_ids, image_ids)
-        return (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.t(), targets.t())) / 2
+        with fp32(v, t) as (v32, t32):  # logits in float32
+            logits = v32 @ t32.t() / self.tau
+            targets = soft_id_targets(image_ids, image_ids)
+            return (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.t(), targets.t())) / 2

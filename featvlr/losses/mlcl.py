@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvlr.modules.alignment import full_precision
 from featvlr.modules.combiner import CombinerLevels
+from featvlr.modules.precision import fp32, fp32_normalize, full_precision
 
 
 def in_batch_cross_entropy(query: torch.Tensor, key: torch.Tensor, scale: torch.Tensor | float, *,
@@ -27,23 +27,16 @@ def in_batch_cross_entropy(query: torch.Tensor, key: torch.Tensor, scale: torch.
     are float32 even under autocast (half-precision inputs are promoted): at scale 100 a
     bf16 logit is off by tenths.
     """
-    with torch.autocast(query.device.type, enabled=False):
-        query, key = full_precision(query, key)
+    with fp32(query, key) as (q, k):
         if isinstance(scale, torch.Tensor):
             (scale,) = full_precision(scale)
-        logits = scale * (query @ key.t())
+        logits = scale * (q @ k.t())
         if key_ids is not None:
             same = key_ids.unsqueeze(1) == key_ids.unsqueeze(0)
             same.fill_diagonal_(False)
             logits = logits.masked_fill(same, float("-inf"))
         labels = torch.arange(query.shape[0], device=query.device)
         return F.cross_entropy(logits.float(), labels)
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """``normalize(x)`` in float32 for half-precision ``x``, outside autocast."""
-    with torch.autocast(x.device.type, enabled=False):
-        return F.normalize(full_precision(x)[0], dim=-1)
 
 
 def _log_scale(value: float, learnable: bool) -> nn.Parameter | torch.Tensor:
@@ -82,7 +75,7 @@ class ComposedContrastiveLoss(nn.Module):
     def forward(self, query: torch.Tensor, target: torch.Tensor, target_ids: torch.Tensor | None = None
                 ) -> torch.Tensor:
         ids = target_ids if self.mask_duplicate_targets else None
-        return in_batch_cross_entropy(query, _unit(target), self.scale, key_ids=ids)
+        return in_batch_cross_entropy(query, fp32_normalize(target), self.scale, key_ids=ids)
 
 
 class MultiLevelContrastiveLoss(nn.Module):
@@ -141,7 +134,7 @@ class MultiLevelContrastiveLoss(nn.Module):
 
     def forward(self, levels: CombinerLevels, target: torch.Tensor, branch_weight: torch.Tensor,
                 target_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        y = _unit(target)
+        y = fp32_normalize(target)
         s, w = self.scale, branch_weight.reshape(())
         ids = target_ids if self.mask_duplicate_targets else None
         out = {
@@ -155,7 +148,7 @@ class MultiLevelContrastiveLoss(nn.Module):
                 raise ValueError("SSCL needs the augmented-reference views (z_aug, high_aug)")
             s_sl = self.scale_sl
             out["sscl_mid_loss"] = self.sscl_weight * in_batch_cross_entropy(
-                _unit(levels.z), _unit(levels.z_aug), s_sl)
+                fp32_normalize(levels.z), fp32_normalize(levels.z_aug), s_sl)
             out["sscl_high_loss"] = self.sscl_weight * in_batch_cross_entropy(levels.high, levels.high_aug, s_sl)
             out["scale_sl"] = s_sl.detach()
         out["scale"] = s.detach()

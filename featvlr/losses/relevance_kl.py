@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featvlr.modules.precision import fp32
+
 
 class RelevanceKLLoss(nn.Module):
     """The relevance regulariser of HREM (Fu et al., "Learning Semantic Relationship among
@@ -38,5 +40,6 @@ class RelevanceKLLoss(nn.Module):
         return F.kl_div(log_p_guide, p_rel, reduction="batchmean") * tau ** 2
 
     def forward(self, r_i2t: torch.Tensor, r_t2i: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        guide = torch.exp(-torch.cdist(v.float(), t.float()) / self.sigma).detach()
+        with fp32(v, t) as (v32, t32):  # distances in float32
+            guide = torch.exp(-torch.cdist(v32, t32) / self.sigma).detach()
         return self.kl(guide, r_i2t) + self.kl(guide.t(), r_t2i)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featvlr.core.errors import ConfigError
+from featvlr.modules.precision import fp32
 
 RELATIONS = ("cosine", "dot", "euclidean")
 MATCHES = ("kl", "mse", "mae")
@@ -44,10 +45,8 @@ def relation_matrix(x: torch.Tensor, kind: str = "cosine", temperature: float = 
     """
     if temperature <= 0:
         raise ConfigError(f"relation temperature must be > 0, got {temperature}")
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    with torch.autocast(device_type=x.device.type, enabled=False):  # relations in float32 (or 64)
-        return _relations(x, kind) / temperature
+    with fp32(x) as (x32,):  # relations in float32 (or 64)
+        return _relations(x32, kind) / temperature
 
 
 def _relations(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -46,13 +46,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from featvlr.modules.precision import fp32
+
 ALIGNMENT_MODES = ("MrSw", "MwSr", "symm", "MrAVGw", "sum", "mean")
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def full_precision(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``tensors`` with float16/bfloat16 ones promoted to float32 (others unchanged)."""
-    return tuple(t.float() if t.dtype in _HALF else t for t in tensors)
 
 
 def slice_regions(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,9 +165,8 @@ def alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_
     size. Differentiable (the blocks are concatenated).
     """
     _check_mode(mode)
-    with torch.autocast(image_tokens.device.type, enabled=False):
-        image_tokens, text_tokens = full_precision(image_tokens, text_tokens)
-        return _alignment_scores(image_tokens, image_mask, text_tokens, text_mask, mode, max_elements)
+    with fp32(image_tokens, text_tokens) as (images, texts):
+        return _alignment_scores(images, image_mask, texts, text_mask, mode, max_elements)
 
 
 def _alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_tokens: torch.Tensor,
@@ -215,10 +210,8 @@ def pair_alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, 
     temporary (gathered words, alignment tensor) near ``max_elements`` entries.
     """
     _check_mode(mode)
-    with torch.autocast(image_tokens.device.type, enabled=False):
-        image_tokens, text_tokens = full_precision(image_tokens, text_tokens)
-        return _pair_alignment_scores(image_tokens, image_mask, text_tokens, text_mask, image_rows, text_rows, mode,
-                                      max_elements)
+    with fp32(image_tokens, text_tokens) as (images, texts):
+        return _pair_alignment_scores(images, image_mask, texts, text_mask, image_rows, text_rows, mode, max_elements)
 
 
 def _pair_alignment_scores(image_tokens: torch.Tensor, image_mask: torch.Tensor, text_tokens: torch.Tensor,

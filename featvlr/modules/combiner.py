@@ -8,8 +8,9 @@ ICASSP 2024 (code: JWargrave/MLCL).
 
 Both take a reference image feature ``I [B, d]`` and a modifier text feature ``T [B, d]``
 (frozen, un-normalised, the same dimension) and return query vectors in the image space.
-The queries are normalised in float32 even under autocast (:func:`unit`), so that the
-logits the losses build from them (at scale 100) are float32 from float32 vectors.
+The queries are normalised in float32 even under autocast (:func:`unit`, that is
+:func:`~featvlr.modules.precision.fp32_normalize`), so that the logits the losses build from
+them (at scale 100) are float32 from float32 vectors.
 """
 from __future__ import annotations
 
@@ -20,14 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """``normalize(x)`` along the last dim, in float32 for a half-precision ``x`` (outside
-    autocast); a float32 ``x`` is normalised as it is."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        with torch.autocast(x.device.type, enabled=False):
-            return F.normalize(x.float(), dim=-1)
-    return F.normalize(x, dim=-1)
+from featvlr.modules.precision import fp32_normalize as unit
 
 
 class Combiner(nn.Module):
