@@ -1,9 +1,12 @@
-"""Scores and logits in float32 under bf16 autocast, for every registered method.
+"""Scores and logits in float32 under bf16 autocast, for every method of the package.
 
-Each method's training step runs under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
-every score-like product (matmul, mm, bmm, einsum, cdist) called from the losses, the
-token alignment or the methods must come out in float32, the Combiner's queries too, and
-every loss must be a finite float32 scalar.
+The methods come from the registry (:func:`~featvlr.methods.list_methods`): every method of
+the ``featvlr`` package at its defaults, plus the option variants of :data:`VARIANTS`, so a
+new method file is covered without a line here. Each training step runs under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` on the first batch of a small synthetic cache
+of the method's task; every score-like product (matmul, mm, bmm, einsum, cdist) called from
+the losses, the token alignment or the methods must come out in float32, the Combiner's
+queries too, and every loss must be a finite float32 scalar.
 """
 from __future__ import annotations
 
@@ -14,27 +17,34 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import featvlr
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
-from featvlr.methods import StepState, get_method
-from featvlr.methods.registry import list_methods
+from featvlr.data.composed import ComposedBatches
+from featvlr.methods import StepState, create_method, get_method, list_methods
 from featvlr.modules.combiner import Combiner
-from featvlr.cache.store import FeatureStore
 from featvlr.training.trainer import feature_dims
 
 from synthetic import write_synthetic_cache
-from test_mlcl import make_method as make_composed_method
 from test_mlcl import write_composed_cache
 
-ROOT = Path(__file__).resolve().parents[1] / "featvlr"
+ROOT = Path(featvlr.__file__).resolve().parent
 SCOPE = (ROOT / "losses", ROOT / "methods", ROOT / "modules" / "alignment.py")
 PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.mm,
             torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.einsum, torch.cdist}
 TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
-CROSS_MODAL = {"vse": [], "hrem": [], "covlr": [], "rvlr": ["model.teacher=features"],
-               "gls-stage1": ["method=gls", "model.stage=1", "model.eval_mode=L"], "gls-stage2": ["method=gls"]}
-COMPOSED = ("combiner", "mlcl")
+
+def package_methods() -> list[str]:
+    """The registered methods defined in the package (not the toys that tests register)."""
+    return [n for n in list_methods() if get_method(n).__module__.startswith("featvlr.")]
+
+
+# Options beyond a method's defaults that take another path through its step: case -> (method, --set).
+VARIANTS = {"gls-stage1": ("gls", ["model.stage=1", "model.eval_mode=L"])}
+CASES = {name: (name, []) for name in package_methods()} | VARIANTS
+BATCHES = {"cross_modal": CaptionBatches, "composed": ComposedBatches}
 
 
 class ScoreRecorder(TorchFunctionMode):
@@ -60,54 +70,42 @@ class ScoreRecorder(TorchFunctionMode):
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("autocast")
-    return {"cross": write_synthetic_cache(root / "syn.h5"), "composed": write_composed_cache(root / "comp.h5")}
+    return {"cross_modal": write_synthetic_cache(root / "syn.h5"), "composed": write_composed_cache(root / "comp.h5")}
 
 
-def _cross_modal(name: str, cache: Path):
-    extra = CROSS_MODAL[name]
-    method = name if not name.startswith("gls") else "gls"
-    cfg = load_config(None, [f"method={method}", f"data.cache={cache}", "data.dataset=synthetic",
-                             "train.progress=false", *[e for e in extra if not e.startswith("method=")]])
-    split = FeatureStore(cache).split("train")
+def method_and_batch(case: str, caches: dict[str, Path]):
+    """The case's method (seeded, built from a config on the cache of its task) and a batch."""
+    name, extra = CASES[case]
+    task = get_method(name).task
+    cfg = load_config(None, [f"method={name}", f"data.cache={caches[task]}", "data.dataset=synthetic",
+                             "train.progress=false", *extra])
+    split = FeatureStore(caches[task]).split("train")
     torch.manual_seed(0)
-    m = get_method(method)(cfg.model, cfg.loss, feature_dims(split))
-    if hasattr(m, "stage1_ready"):
-        m.stage1_ready.fill_(True)  # stage 2 as if stage 1 were loaded
-    batches = CaptionBatches(split, batch_size=16, seed=0)
+    method = create_method(cfg, dims=feature_dims(split))
+    if hasattr(method, "stage1_ready"):
+        method.stage1_ready.fill_(True)  # GLS stage 2 as if stage 1 were loaded
+    batches = BATCHES[task](split, batch_size=16, seed=0)
     batches.set_epoch(0)
-    return m, batches[0]
+    return method, batches[0]
 
 
-def _composed(name: str, cache: Path):
-    from featvlr.data.composed import ComposedBatches
-
-    m = make_composed_method(name, cache)
-    batches = ComposedBatches(FeatureStore(cache).split("train"), batch_size=16, seed=0)
-    batches.set_epoch(0)
-    return m, batches[0]
+def test_every_package_method_is_a_case():
+    assert set(package_methods()) <= set(CASES)
+    assert {"vse", "gls", "mlcl"} <= set(package_methods())
 
 
-def test_every_registered_method_is_covered():
-    names = {n.split("-")[0] for n in CROSS_MODAL} | set(COMPOSED)
-    package = {n for n in list_methods() if get_method(n).__module__.startswith("featvlr.")}  # not tests' toys
-    assert names == package
-
-
-@pytest.mark.parametrize("name", sorted(CROSS_MODAL) + list(COMPOSED))
-def test_training_step_scores_in_float32_under_bf16_autocast(name, caches):
-    if name in COMPOSED:
-        method, batch = _composed(name, caches["composed"])
-    else:
-        method, batch = _cross_modal(name, caches["cross"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_training_step_scores_in_float32_under_bf16_autocast(case, caches):
+    method, batch = method_and_batch(case, caches)
     method.train()
     combiner_outputs: list[torch.dtype] = []
     hooks = [mod.register_forward_hook(lambda _m, _i, out: combiner_outputs.append(out.dtype))
              for mod in method.modules() if isinstance(mod, Combiner)]
-    if name == "mlcl":
-        original = method.combiner.levels
+    levels_of = getattr(getattr(method, "combiner", None), "levels", None)
+    if levels_of is not None:  # MLCL's multi-level Combiner: every level's query
 
         def levels(*a, **k):
-            lv = original(*a, **k)
+            lv = levels_of(*a, **k)
             combiner_outputs.extend(t.dtype for t in (lv.low, lv.mid, lv.high) if t is not None)
             return lv
 
@@ -128,6 +126,6 @@ def test_training_step_scores_in_float32_under_bf16_autocast(name, caches):
     low = sorted({where for where, dtype in recorder.records if dtype != torch.float32})
     assert not low, f"scores below float32 at {low}"
     assert all(d == torch.float32 for d in combiner_outputs), combiner_outputs
-    if name in COMPOSED:
+    if hooks or levels_of is not None:
         assert combiner_outputs
     sum(losses.values()).backward()

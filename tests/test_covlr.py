@@ -19,7 +19,7 @@ from featvlr.losses.structure import (
 )
 from featvlr.methods.base import FeatureDims, StepState
 from featvlr.methods.covlr import CoVLR, first_occurrence, select_virtual, split_batch
-from featvlr.methods.registry import get_method
+from featvlr.methods.registry import create_method, get_method
 
 DIMS = FeatureDims(region_dim=6, n_regions=4, text_dim=5)
 STATE = StepState(epoch=1)  # past the hinge warm-up: hardest negatives
@@ -279,7 +279,7 @@ def test_teacher_reference_is_frozen(tmp_path):
 
     cls = get_method("vse")
     cfg = Config(method="vse", model=cls.ModelOptions(embed_dim=8, pooling="mean"), loss=cls.LossOptions())
-    teacher = cls(cfg.model, cfg.loss, DIMS)
+    teacher = create_method(cfg, dims=DIMS)
     save_checkpoint(tmp_path / "ckpt" / "best.pt", {"method": "vse", "config": config_to_dict(cfg),
                                                      "dims": vars(DIMS).copy(), "model": teacher.state_dict()})
     from featvlr.inference.loading import load_method

@@ -110,12 +110,12 @@ def test_checkpoint_run(files, tmp_path, cli):
     from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
     from featvlr.methods.base import FeatureDims
-    from featvlr.methods.registry import get_method
+    from featvlr.methods.registry import create_method
 
     cfg = config_from_dict({"method": "vse", "data": {"cache": str(files["cache"])},
                             "model": {"embed_dim": 8, "pooling": "mean"}, "train": {"seed": 3}})
     dims = FeatureDims(region_dim=D, n_regions=3, text_dim=D)
-    method = get_method("vse")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     run = tmp_path / "run"
     save_checkpoint(run / "ckpt" / "best.pt", {"config": config_to_dict(cfg), "dims": dataclasses.asdict(dims),
                                                "model": method.state_dict()})
@@ -208,14 +208,14 @@ def test_negative_examples_is_refused_before_any_work(files, tmp_path, cli, valu
     from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
     from featvlr.methods.base import FeatureDims
-    from featvlr.methods.registry import get_method
+    from featvlr.methods.registry import create_method
 
     cfg = config_from_dict({"method": "vse", "data": {"cache": str(files["cache"])},
                             "model": {"embed_dim": 8, "pooling": "mean"}})
     dims = FeatureDims(region_dim=D, n_regions=3, text_dim=D)
     run = tmp_path / "run"
     save_checkpoint(run / "ckpt" / "best.pt", {"config": config_to_dict(cfg), "dims": dataclasses.asdict(dims),
-                                               "model": get_method("vse")(cfg.model, cfg.loss, dims).state_dict()})
+                                               "model": create_method(cfg, dims=dims).state_dict()})
     code, out, err = cli("eval", run, "--examples", value)
     assert code == 2, (out, err)
     assert err == f"featvlr: error: --examples: expected >= 0, got {value}\n"

@@ -115,13 +115,13 @@ def _vse_run(path, cache, seed, d):
     from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
     from featvlr.methods.base import FeatureDims
-    from featvlr.methods.registry import get_method
+    from featvlr.methods.registry import create_method
 
     cfg = config_from_dict({"method": "vse", "data": {"cache": str(cache)},
                             "model": {"embed_dim": 8, "pooling": "mean"}, "train": {"seed": seed}})
     dims = FeatureDims(region_dim=d, n_regions=3, text_dim=d)
     torch.manual_seed(seed)
-    method = get_method("vse")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     save_checkpoint(path / "ckpt" / "best.pt", {"config": config_to_dict(cfg), "dims": dataclasses.asdict(dims),
                                                 "model": method.state_dict()})
     method.eval()

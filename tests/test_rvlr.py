@@ -22,7 +22,7 @@ from featvlr.data import CaptionBatches
 from featvlr.core.errors import ConfigError
 from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation, wasserstein_1d
 from featvlr.losses.structure import off_diagonal
-from featvlr.methods import StepState, get_method
+from featvlr.methods import StepState, create_method, get_method
 from featvlr.cache.store import FeatureStore
 from featvlr.training.trainer import feature_dims, train
 
@@ -170,7 +170,7 @@ def test_relation_temperature_is_fixed_or_clamped():
 
 def test_feature_teacher_receives_no_gradient(cache):
     cfg = quick(cache, "model.teacher=features")
-    method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    method = create_method(cfg, dims=feature_dims(FeatureStore(cache).split("train")))
     batch = first_batch(cache)
     batch["pooled_text"].requires_grad_(True)  # read only by the teacher
     out = method(batch, StepState())
@@ -187,7 +187,7 @@ def test_run_teacher_is_frozen_and_looked_up_by_row(cache, vse_run, tmp_path):
     cfg = get_method("rvlr").prepare(quick(cache, f"model.teacher={vse_run}"), tmp_path / "r", load_method)
     path = Path(cfg.model.teacher_cache)
     assert path.parent == Path(str(cache) + ".teachers") and cfg.model.teacher_dim == 32
-    method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    method = create_method(cfg, dims=feature_dims(FeatureStore(cache).split("train")))
     batch = first_batch(cache)
     teacher, _ = load_method(vse_run)
     with torch.no_grad():
@@ -244,7 +244,7 @@ def test_default_teachers_are_uni_modal_features_in_one_stage(cache, tmp_path):
     assert cfg.model.teacher == "features"
     rvlr = get_method("rvlr")
     assert rvlr.stages(cfg, tmp_path / "r") == [] and rvlr.prepare(cfg, tmp_path / "r") == cfg
-    method = rvlr(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    method = create_method(cfg, dims=feature_dims(FeatureStore(cache).split("train")))
     assert not method.starts_from_teacher
     batch = first_batch(cache)
     img, txt = method.teacher_rows(batch)
@@ -261,7 +261,7 @@ def test_mixture_terms_are_diagnostics_unless_trained(cache):
     batch = first_batch(cache)
     cfg = quick(cache, "loss.reduction=mean", "loss.structure_relations=absolute")
     torch.manual_seed(0)
-    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     out = method(batch, StepState(epoch=1))
     assert not out["image_mixture"].requires_grad and not out["text_mixture"].requires_grad
     with torch.no_grad():  # with MAE they sum to mean|I - T| over off-diagonal pairs: a constant
@@ -272,7 +272,7 @@ def test_mixture_terms_are_diagnostics_unless_trained(cache):
     assert (out["image_mixture"] + out["text_mixture"]).item() == pytest.approx(want.item(), rel=1e-4)
     trained = quick(cache, "loss.mixture=train", "loss.reduction=mean", "loss.structure_relations=absolute")
     torch.manual_seed(0)
-    method = get_method("rvlr")(trained.model, trained.loss, dims)
+    method = create_method(trained, dims=dims)
     out2 = method(batch, StepState(epoch=1))
     assert out2["image_mixture_loss"].item() == pytest.approx(out["image_mixture"].item(), rel=1e-5)
     assert out2["text_mixture_loss"].item() == pytest.approx(out["text_mixture"].item(), rel=1e-5)
@@ -286,7 +286,7 @@ def test_distillation_scale_per_reduction(cache, kind):
     for reduction in ("mean", "sum", "auto"):
         cfg = quick(cache, f"loss.kind={kind}", f"loss.reduction={reduction}")
         torch.manual_seed(0)
-        outs[reduction] = get_method("rvlr")(cfg.model, cfg.loss, dims)(batch, StepState(epoch=1))
+        outs[reduction] = create_method(cfg, dims=dims)(batch, StepState(epoch=1))
     b = len(batch["image_ids"])
     auto = 2 * b * 0.07 if kind == "hinge" else 1.0  # the hinge's units: both directions, summed, in cosines
     for key in ("image_distill_loss", "text_distill_loss", "structure_loss"):
@@ -303,7 +303,7 @@ def test_hinge_scale_uses_the_learned_distillation_temperature(cache):
     for reduction in ("mean", "auto"):
         cfg = quick(cache, "loss.kind=hinge", f"loss.reduction={reduction}")
         torch.manual_seed(0)
-        method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+        method = create_method(cfg, dims=dims)
         with torch.no_grad():
             method.representation.log_tau.fill_(np.log(0.05))  # drifted from the configured 0.07
         outs[reduction] = method(batch, StepState(epoch=1))
@@ -312,7 +312,7 @@ def test_hinge_scale_uses_the_learned_distillation_temperature(cache):
         assert outs["auto"][key].item() == pytest.approx(2 * b * 0.05 * outs["mean"][key].item(), rel=1e-5)
     # the scale is a constant factor: it passes no gradient to the temperature
     cfg = quick(cache, "loss.kind=hinge", "loss.image_distill_weight=0", "loss.text_distill_weight=0")
-    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     method(batch, StepState(epoch=1))["structure_loss"].backward()
     assert method.representation.log_tau.grad is None
 
@@ -377,7 +377,7 @@ def test_fused_structure_head_is_apart_from_the_ranking_space(cache):
     cfg = quick(cache, "loss.structure_space=fused", "loss.image_distill_weight=0", "loss.text_distill_weight=0",
                 "loss.contrastive_weight=0")
     torch.manual_seed(0)
-    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     v, t = method.encode_images(batch), method.encode_texts(batch)
     students = method.students(v, t)
     assert len(students) == 1 and students[0].shape == v.shape
@@ -387,16 +387,16 @@ def test_fused_structure_head_is_apart_from_the_ranking_space(cache):
     out["structure_loss"].backward()
     assert method.fusion[0].weight.grad.abs().sum() > 0
     emb = quick(cache, "loss.structure_space=embeddings")
-    assert get_method("rvlr")(emb.model, emb.loss, dims).fusion is None
+    assert create_method(emb, dims=dims).fusion is None
     with pytest.raises(ConfigError, match="structure_space"):
-        get_method("rvlr")(emb.model, dataclasses.replace(emb.loss, structure_space="cls"), dims)
+        create_method(emb, loss_opts=dataclasses.replace(emb.loss, structure_space="cls"), dims=dims)
 
 
 def test_geometry_is_logged(cache):
     dims = feature_dims(FeatureStore(cache).split("train"))
     batch = first_batch(cache)
     cfg = quick(cache)
-    method = get_method("rvlr")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     out = method(batch, StepState(epoch=1))
     t = method.encode_texts(batch)
     want_t = off_diagonal(t @ t.t()).mean()
@@ -411,7 +411,7 @@ def _grads_after_one_step(cache: Path, rank: int, world: int):
     torch.manual_seed(0)
     cfg = quick(cache, "model.teacher=features")
     split = FeatureStore(cache).split("train")
-    method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(split))
+    method = create_method(cfg, dims=feature_dims(split))
     batches = CaptionBatches(split, batch_size=32, seed=0, region_dropout=0.0, rank=rank, world_size=world)
     batches.set_epoch(1)
     model = method
@@ -447,3 +447,9 @@ def test_ddp_two_gloo_ranks_match_one_process(cache, tmp_path):
         assert set(got["grads"]) == set(grads)
         for name, g in grads.items():
             assert torch.allclose(got["grads"][name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_a_global_image_teacher_needs_global_vectors(cache):
+    split = FeatureStore(cache).split("train")
+    with pytest.raises(ConfigError, match=r"model.teacher_image=global: the cache has no global image vectors"):
+        create_method(quick(cache, "model.teacher_image=global"), dims=feature_dims(split))

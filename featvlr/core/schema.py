@@ -3,7 +3,9 @@
 The config dataclasses (:mod:`featvlr.config`) and every method's ``ModelOptions`` /
 ``LossOptions`` declare what values a field takes; :func:`featvlr.config.build_dataclass`
 checks them when a config is loaded, so a bad value is refused before any work starts,
-with the key and where it came from. Methods do not check their own options again.
+with the key and where it came from; :func:`check_fields` applies the same rules to an
+options object built in code (a method checks its options so when it is constructed).
+Methods do not check these ranges and choices again themselves.
 
 Example::
 
@@ -98,3 +100,16 @@ def check_value(value: Any, rule: Rule, where: str, error: Callable[[str], Excep
             continue
         at = f"{where}[{i}]" if isinstance(value, list) else where
         raise error(f"{at}: expected {rule.describe()}, got {item!r}")
+
+
+def check_fields(obj: Any, where: str, error: Callable[[str, str], Exception]) -> None:
+    """Check every field of the dataclass instance ``obj`` that declares a :class:`Rule`:
+    ``error(message, key)`` is raised for the first bad one, ``key`` being ``<where>.<field>``
+    (nothing is checked on an object that is no dataclass instance)."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        rule = rule_of(f)
+        if rule is not None:
+            key = f"{where}.{f.name}"
+            check_value(getattr(obj, f.name), rule, key, lambda message, key=key: error(message, key))

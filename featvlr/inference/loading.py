@@ -22,13 +22,13 @@ def load_method(path: str | Path, device: str | torch.device = "cpu", which: str
     """
     from featvlr.config import config_from_dict
     from featvlr.methods.base import FeatureDims
-    from featvlr.methods.registry import get_method
+    from featvlr.methods.registry import create_method
 
     ckpt_path = resolve_checkpoint(path, which)
     ckpt = load_checkpoint(ckpt_path)
     cfg = config_from_dict(ckpt["config"])
     dims = FeatureDims(**ckpt["dims"])
-    method = get_method(cfg.method)(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     try:
         method.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

@@ -1,9 +1,18 @@
 """The method contract: a model plus a loss recipe that the trainer drives without knowing it.
 
-A method is an ``nn.Module`` registered by name (:func:`featvlr.methods.register_method`).
-It declares two option dataclasses, ``ModelOptions`` and ``LossOptions``; the config's
-``model:`` and ``loss:`` sections are validated against them, so ``--set loss.margin=0.1``
-works for every method and a typo is an error naming the closest key.
+A method is an ``nn.Module`` registered by name (:func:`featvlr.methods.register_method`)
+and built by :func:`featvlr.methods.create_method`. It declares two option dataclasses,
+``ModelOptions`` and ``LossOptions``; the config's ``model:`` and ``loss:`` sections are
+validated against them, so ``--set loss.margin=0.1`` works for every method and a typo is an
+error naming the closest key. Ranges and choices are declared on the fields
+(:func:`featvlr.core.schema.number` / :func:`~featvlr.core.schema.choice`): they are checked when
+a config loads and again, on the option objects, when a method is built; a method checks
+only what the schema cannot say (one option against another, or against the feature sizes).
+
+Batch keys: ``batch_keys`` names the keys of a training batch that ``training_step`` reads,
+and :meth:`Method.required_batch_keys` adds those that options ask for; the module's call
+(``forward``) checks them with :meth:`Method.check_batch` before every step, so a batch
+without them is one error naming the keys, the method and where they come from.
 
 Training: ``training_step(batch, state)`` returns a dict of named tensors. Keys ending in
 ``_loss`` are summed by the trainer into the loss it back-propagates; every other key is a
@@ -49,11 +58,26 @@ Image-only batches (``encode_images``) carry the image keys, text-only batches t
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from featvlr.core.errors import ConfigError
+from featvlr.core.schema import check_fields
+
+IMAGE_KEYS = ("regions", "region_mask", "region_lengths", "global_image")
+TEXT_KEYS = ("tokens", "token_mask", "token_lengths", "pooled_text")
+# Where a batch key comes from, for the error of a batch that lacks it.
+KEY_SOURCES = {
+    "regions": "images/<split>/regions", "region_mask": "images/<split>/regions",
+    "tokens": "texts/<split>/tokens: this cache holds pooled text vectors only (extract with a "
+              "sentence-transformers or BERT text model to get token features)",
+    "token_mask": "texts/<split>/tokens", "pooled_text": "texts/<split>/pooled",
+    "global_image": "images/<split>/global", "reference_aug": "images/<split>/global_aug",
+}
 
 
 @dataclass
@@ -106,17 +130,42 @@ class Method(nn.Module):
     pairwise: ClassVar[bool] = False
     ModelOptions: ClassVar[type] = NoOptions
     LossOptions: ClassVar[type] = NoOptions
+    batch_keys: ClassVar[tuple[str, ...]] = ()
+    """Keys of a training batch that ``training_step`` reads whatever the options."""
 
     def __init__(self, model: Any, loss: Any, dims: FeatureDims):
         super().__init__()
+        check_fields(model, "model", ConfigError)  # the schema's ranges and choices, on the objects
+        check_fields(loss, "loss", ConfigError)
         self.model_opts = model
         self.loss_opts = loss
         self.dims = dims
 
     # -- training ------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], state: StepState) -> dict[str, torch.Tensor]:
-        """The trainer calls the module (so DistributedDataParallel sees the forward)."""
+        """The trainer calls the module (so DistributedDataParallel sees the forward); the
+        batch's keys are checked (:meth:`check_batch`), then :meth:`training_step` runs."""
+        self.check_batch(batch)
         return self.training_step(batch, state)
+
+    def required_batch_keys(self) -> dict[str, str]:
+        """``{key: why}`` for every key a training batch must hold: :attr:`batch_keys`, and the
+        keys that options ask for (a method overrides this to add them, e.g.
+        ``{"global_image": "loss.image_feature=global"}``)."""
+        return {key: f"method {self.name!r}" for key in self.batch_keys}
+
+    def check_batch(self, batch: dict[str, Any], keys: Iterable[str] | None = None) -> None:
+        """Raise :class:`~featvlr.core.errors.ConfigError` naming the required keys
+        (:meth:`required_batch_keys`; only those among ``keys`` when given, e.g.
+        :data:`TEXT_KEYS` for a text-only batch) that ``batch`` lacks."""
+        wanted = self.required_batch_keys()
+        if keys is not None:
+            wanted = {k: why for k, why in wanted.items() if k in set(keys)}
+        missing = [k for k in wanted if k not in batch]
+        if missing:
+            parts = [f"{k} (needed by {wanted[k]}; from {KEY_SOURCES.get(k, 'the batches of the task')})"
+                     for k in missing]
+            raise ConfigError(f"the batches lack {', '.join(parts)}")
 
     def training_step(self, batch: dict[str, torch.Tensor], state: StepState) -> dict[str, torch.Tensor]:
         raise NotImplementedError

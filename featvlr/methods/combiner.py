@@ -61,9 +61,8 @@ class CombinerLossOptions:
 
 
 def build_text_adapter(mode: str, text_dim: int, image_dim: int) -> nn.Module:
-    """Identity when the text and image features share a space, else ``Linear(Dt -> Dg)``."""
-    if mode not in ("auto", "linear", "none"):
-        raise ConfigError(f"model.text_adapter: unknown mode {mode!r} (auto, linear, none)")
+    """Identity when the text and image features share a space, else ``Linear(Dt -> Dg)``
+    (``mode``: ``model.text_adapter``)."""
     if mode == "none" or (mode == "auto" and text_dim == image_dim):
         if text_dim != image_dim:
             raise ConfigError(f"model.text_adapter=none needs text and image features of one size, got "
@@ -84,6 +83,7 @@ class ComposedMethod(Method):
     """Shared plumbing of composed methods: inputs, text adapter, gallery encoder."""
 
     task = "composed"
+    batch_keys = ("reference_image", "pooled_text", "target_image", "target_ids")
 
     def _setup_inputs(self, model, dims: FeatureDims) -> int:
         image_dim, text_dim = composed_dims(dims)

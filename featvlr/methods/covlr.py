@@ -136,6 +136,7 @@ from featvlr.methods.meta_step import (
 )
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import (
+    VSE,
     VSEEncoders,
     VSELossOptions,
     VSEModelOptions,
@@ -237,36 +238,26 @@ class CoVLR(TowerEncoders, Method):
 
     ModelOptions = CoVLRModelOptions
     LossOptions = CoVLRLossOptions
+    batch_keys = VSE.batch_keys
 
     def __init__(self, model: CoVLRModelOptions, loss: CoVLRLossOptions, dims: FeatureDims):
         super().__init__(model, loss, dims)
         self.encoders = VSEEncoders(model, dims)
         self.criterion = build_cross_modal_loss(loss)
-        self._check_options(loss)
         self.virtual_names = select_virtual([n for n, _ in self.encoders.named_parameters()], loss.virtual_params)
         self.structure = StructurePreservationLoss(relation=loss.relation, match=loss.match,
                                                    temperature=loss.structure_temperature)
         self._teacher: list[Method] = []  # a plain list: the teacher is not a submodule
 
-    @staticmethod
-    def _check_options(o: CoVLRLossOptions) -> None:
-        if o.beta < 0 or o.alpha < 0:
-            raise ConfigError(f"loss.alpha and loss.beta must be >= 0 (got alpha={o.alpha}, beta={o.beta})")
-        if o.meta_test_batch not in META_TEST_BATCHES:
-            raise ConfigError(f"loss.meta_test_batch: {o.meta_test_batch!r} (choose {', '.join(META_TEST_BATCHES)})")
-        bad = [m for m in o.modalities if m not in MODALITIES]
-        if bad or not o.modalities:
-            raise ConfigError(f"loss.modalities: {o.modalities!r} (a non-empty subset of image, text)")
-        if o.relation not in RELATIONS:
-            raise ConfigError(f"loss.relation: {o.relation!r} (choose {', '.join(RELATIONS)})")
-        if o.match not in MATCHES:
-            raise ConfigError(f"loss.match: {o.match!r} (choose {', '.join(MATCHES)})")
-        if o.image_feature not in ("mean_regions", "global"):
-            raise ConfigError(f"loss.image_feature: {o.image_feature!r} (mean_regions, global)")
-        if o.virtual_step not in VIRTUAL_STEPS:
-            raise ConfigError(f"loss.virtual_step: {o.virtual_step!r} (choose {', '.join(VIRTUAL_STEPS)})")
-        if o.inner_loss_scale <= 0:
-            raise ConfigError("loss.inner_loss_scale must be > 0")
+    def required_batch_keys(self) -> dict[str, str]:
+        """``vse``'s keys, and the reference features of ``loss.reference: features``."""
+        keys, o = super().required_batch_keys(), self.loss_opts
+        if o.beta and o.reference == "features":
+            if "text" in o.modalities:
+                keys["pooled_text"] = "loss.reference=features"
+            if "image" in o.modalities and o.image_feature == "global":
+                keys["global_image"] = "loss.image_feature=global"
+        return keys
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch, state: StepState):
@@ -424,12 +415,8 @@ class CoVLR(TowerEncoders, Method):
                     teacher.encode_texts(batch) if texts else None)
         ref_v = ref_t = None
         if images:
-            if o.image_feature == "global":
-                if "global_image" not in batch:
-                    raise ConfigError("loss.image_feature='global' but the cache has no images/<split>/global")
-                ref_v = batch["global_image"]
-            else:
-                ref_v = masked_mean(batch["regions"], batch["region_mask"])
+            ref_v = (batch["global_image"] if o.image_feature == "global"
+                     else masked_mean(batch["regions"], batch["region_mask"]))
         if texts:
             ref_t = batch["pooled_text"]
         return ref_v, ref_t

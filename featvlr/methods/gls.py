@@ -82,11 +82,11 @@ from featvlr.modules import RegionProjection, TokenAlignment, masked_mean, xavie
 from featvlr.modules.alignment import (
     ALIGNMENT_MODES,
     alignment_scores,
-    full_precision,
     pair_alignment_scores,
     slice_regions,
     slice_words,
 )
+from featvlr.modules.precision import fp32_scores, full_precision
 
 EVAL_MODES = ("G", "L", "GL")
 # Options that fix the shape of stage 1; a stage-1 run must agree with them.
@@ -158,10 +158,6 @@ class LocalEncoders(nn.Module):
 
     def __init__(self, opts: GLSModelOptions, dims: FeatureDims):
         super().__init__()
-        if opts.image_head not in ("linear", "mlp"):
-            raise ConfigError(f"model.image_head: unknown head {opts.image_head!r} (linear, mlp)")
-        if opts.image_slot0 not in ("zero", "mean"):
-            raise ConfigError(f"model.image_slot0: unknown slot {opts.image_slot0!r} (zero, mean)")
         if opts.embed_dim % opts.heads:
             raise ConfigError(f"model.embed_dim={opts.embed_dim} is not divisible by model.heads={opts.heads}")
         self.opts = opts
@@ -194,8 +190,6 @@ class GlobalEncoders(nn.Module):
 
     def __init__(self, opts: GLSModelOptions):
         super().__init__()
-        if opts.global_token not in ("first", "mean"):
-            raise ConfigError(f"model.global_token: unknown choice {opts.global_token!r} (first, mean)")
         self.padding_mask = opts.stage2_padding_mask
         self.global_token = opts.global_token
         self.image_encoder = token_transformer(opts)
@@ -235,20 +229,12 @@ class GLS(Method):
     pairwise = True
     ModelOptions = GLSModelOptions
     LossOptions = GLSLossOptions
+    batch_keys = ("regions", "region_mask", "tokens", "token_mask", "image_ids")
 
     def __init__(self, model: GLSModelOptions, loss: GLSLossOptions, dims: FeatureDims):
         super().__init__(model, loss, dims)
-        if model.stage not in (1, 2):
-            raise ConfigError(f"model.stage must be 1 or 2, got {model.stage}")
-        if model.eval_mode not in EVAL_MODES:
-            raise ConfigError(f"model.eval_mode: unknown mode {model.eval_mode!r} (G, L, GL)")
         if model.stage == 1 and model.eval_mode != "L":
             raise ConfigError("model.stage=1 has no global embedding: use model.eval_mode=L")
-        if model.alignment_mode not in ALIGNMENT_MODES:
-            raise ConfigError(f"model.alignment_mode: unknown mode {model.alignment_mode!r} "
-                              f"({', '.join(ALIGNMENT_MODES)})")
-        if model.shortlist_i2t < 1 or model.shortlist_t2i < 1:
-            raise ConfigError("model.shortlist_i2t and model.shortlist_t2i must be positive")
         self.stage1 = LocalEncoders(model, dims)
         self.stage2 = GlobalEncoders(model) if model.stage == 2 else None
         self.alignment = TokenAlignment(mode=model.alignment_mode, drop_last_wordpiece=model.drop_last_wordpiece,
@@ -361,9 +347,7 @@ class GLS(Method):
         return self._encode(*self.stage1.texts(batch["tokens"], batch["token_mask"]), "texts")
 
     def global_scores(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.autocast(images["global"].device.type, enabled=False):  # float32 scores
-            gi, gt = full_precision(images["global"], texts["global"])
-            return gi @ gt.t()
+        return fp32_scores(images["global"], texts["global"])
 
     def local_scores(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> torch.Tensor:
         """``local_scale`` x alignment of every pair of encoded (already sliced) tokens."""

@@ -78,7 +78,8 @@ from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.methods.vse import VSEEncoders, VSEModelOptions
 from featvlr.modules.fragment import FragmentPool
-from featvlr.modules.relation import FRAGMENT_PADDING, InstanceRelation
+from featvlr.modules.precision import fp32
+from featvlr.modules.relation import InstanceRelation
 
 
 @dataclass
@@ -213,19 +214,17 @@ class HREMCriterion(nn.Module):
             dropout=model.graph_dropout, topk=model.topk, threshold=model.threshold, sigma=model.sigma,
             mask_weight=model.mask_weight, fragment_padding=model.fragment_padding,
             chunk_elements=model.chunk_elements)
-        self.base_criterion = self._build(loss.base, "loss.base")
-        self.graph_criterion = self._build(loss.graph, "loss.graph")
+        self.base_criterion = self._build(loss.base)
+        self.graph_criterion = self._build(loss.graph)
         self.kl = RelevanceKLLoss(temperature=loss.kl_temperature, sigma=model.sigma)
 
-    def _build(self, kind: str, where: str) -> nn.Module:
+    def _build(self, kind: str) -> nn.Module:
+        """The criterion of ``loss.base`` / ``loss.graph``: "triplet" or "hinge"."""
         o = self.opts
-        if kind == "triplet":
-            return DistanceWeightedTripletLoss(margin=o.margin, cutoff=o.cutoff, n_dim=o.n_dim,
-                                               min_dist=o.min_dist, on_empty=o.on_empty,
-                                               stable_weights=o.stable_weights)
         if kind == "hinge":
             return HingeLoss(margin=o.margin)
-        raise ConfigError(f"{where}: unknown loss {kind!r} (triplet, hinge)")
+        return DistanceWeightedTripletLoss(margin=o.margin, cutoff=o.cutoff, n_dim=o.n_dim, min_dist=o.min_dist,
+                                           on_empty=o.on_empty, stable_weights=o.stable_weights)
 
     def graph_on(self, state: StepState) -> bool:
         return state.step >= self.opts.graph_warmup_steps
@@ -233,14 +232,13 @@ class HREMCriterion(nn.Module):
     def pair_loss(self, criterion: nn.Module, v: torch.Tensor, t: torch.Tensor, ids: torch.Tensor,
                   state: StepState, seed: int) -> torch.Tensor:
         """One loss term in float32 (outside autocast: the sampling weights are sensitive)."""
-        with torch.autocast(device_type=v.device.type, enabled=False):
-            v, t = v.float(), t.float()
+        with fp32(v, t) as (v32, t32):
             if isinstance(criterion, HingeLoss):
                 hardest = self.opts.max_violation and state.epoch >= self.opts.hinge_warmup_epochs
-                return criterion(v @ t.t(), max_violation=hardest, image_ids=ids if self.opts.id_mask else None)
+                return criterion(v32 @ t32.t(), max_violation=hardest, image_ids=ids if self.opts.id_mask else None)
             gen = torch.Generator(device=v.device)
             gen.manual_seed(seed % (1 << 63))
-            return criterion(v, t, ids, generator=gen)
+            return criterion(v32, t32, ids, generator=gen)
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, image_ids: torch.Tensor, regions: torch.Tensor,
                 region_mask: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor, state: StepState,
@@ -271,14 +269,10 @@ class HREM(Method):
 
     ModelOptions = HREMModelOptions
     LossOptions = HREMLossOptions
+    batch_keys = ("regions", "region_mask", "tokens", "token_mask", "image_ids")
 
     def __init__(self, model: HREMModelOptions, loss: HREMLossOptions, dims: FeatureDims):
         super().__init__(model, loss, dims)
-        if model.fragment_padding not in FRAGMENT_PADDING:
-            raise ConfigError(f"model.fragment_padding: unknown mode {model.fragment_padding!r} "
-                              f"({', '.join(FRAGMENT_PADDING)})")
-        if loss.on_empty not in ("skip", "zero"):
-            raise ConfigError(f"loss.on_empty: unknown mode {loss.on_empty!r} (skip, zero)")
         if model.embed_dim % model.fragment_heads or model.embed_dim % model.graph_heads:
             raise ConfigError(f"model.embed_dim={model.embed_dim} must be divisible by fragment_heads and "
                               "graph_heads")

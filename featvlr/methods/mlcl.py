@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 
 from featvlr.core.distributed import gather_no_grad, gather_with_grad
-from featvlr.core.errors import ConfigError
 from featvlr.core.schema import choice, number
 from featvlr.losses.mlcl import MultiLevelContrastiveLoss
 from featvlr.methods.base import FeatureDims, StepState
@@ -106,15 +105,15 @@ class MLCL(ComposedMethod):
     ModelOptions = MLCLModelOptions
     LossOptions = MLCLLossOptions
 
+    def required_batch_keys(self) -> dict[str, str]:
+        """The Combiner's keys, and the cached augmented views with ``loss.aug_source: cache``."""
+        keys = super().required_batch_keys()
+        if self.loss_opts.sscl_weight and self.loss_opts.aug_source == "cache":
+            keys["reference_aug"] = "loss.aug_source=cache (use auto or feature without cached views)"
+        return keys
+
     def __init__(self, model: MLCLModelOptions, loss: MLCLLossOptions, dims: FeatureDims):
         super().__init__(model, loss, dims)
-        if model.inference_weighting not in INFERENCE_WEIGHTINGS:
-            raise ConfigError(f"model.inference_weighting: unknown value {model.inference_weighting!r} "
-                              f"({', '.join(INFERENCE_WEIGHTINGS)})")
-        if loss.aug_source not in AUG_SOURCES:
-            raise ConfigError(f"loss.aug_source: unknown value {loss.aug_source!r} ({', '.join(AUG_SOURCES)})")
-        if not 0.0 < model.branch_init < 1.0:
-            raise ConfigError(f"model.branch_init must be in (0, 1), got {model.branch_init}")
         d = self._setup_inputs(model, dims)
         self.combiner = MultiLevelCombiner(feature_dim=d, projection_dim=model.projection_dim,
                                            hidden_dim=model.hidden_dim, dropout=model.dropout,
@@ -137,9 +136,6 @@ class MLCL(ComposedMethod):
             return None
         if opts.aug_source != "feature" and "reference_aug" in batch:
             return self.prepare_image(batch["reference_aug"])
-        if opts.aug_source == "cache":
-            raise ConfigError("loss.aug_source=cache but the cache has no augmented views "
-                              "(images/<split>/global_aug); use aug_source=auto or feature")
         return feature_space_view(image, dropout=opts.aug_dropout, noise=opts.aug_noise)
 
     def training_step(self, batch: dict[str, torch.Tensor], state: StepState) -> dict[str, torch.Tensor]:

@@ -1,17 +1,29 @@
-"""Method registry: ``@register_method("name")`` on a :class:`~featvlr.methods.base.Method`.
+"""Method registry: ``@register_method("name")`` on a :class:`~featvlr.methods.base.Method`,
+:func:`create_method` to build one, :func:`list_methods` to list them (by task).
 
 Every module of the :mod:`featvlr.methods` package is imported on the first lookup, so a
 built-in method is registered by writing its file; nothing else lists it. A method defined
 anywhere else (a user's module, a test file) is registered by importing that module, which
 runs its decorator. An error while importing a method module is raised, never hidden.
+
+Example::
+
+    method = create_method(cfg, dims=dims)                    # a run config's method
+    method = create_method("vse", {"embed_dim": 16}, dims=dims)  # defaults, one option changed
+    list_methods(task="composed")                             # ['combiner', 'mlcl']
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Mapping
+from typing import Any
 
 from featvlr.core.errors import ConfigError
+
+TASKS = ("cross_modal", "composed")
 
 _METHODS: dict[str, type] = {}
 _PACKAGE = "featvlr.methods"
@@ -47,9 +59,13 @@ def _discover() -> None:
     _discovered = True
 
 
-def list_methods() -> list[str]:
+def list_methods(task: str | None = None) -> list[str]:
+    """Names of the registered methods, sorted; with ``task`` ("cross_modal" or "composed")
+    those of that task only."""
     _discover()
-    return sorted(_METHODS)
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    return sorted(n for n, cls in _METHODS.items() if task is None or cls.task == task)
 
 
 def get_method(name: str) -> type:
@@ -59,3 +75,40 @@ def get_method(name: str) -> type:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown method {name!r}{hint} (known: {', '.join(sorted(_METHODS))})")
     return _METHODS[name]
+
+
+def _options(cls: type, given: Any, where: str) -> Any:
+    """``given`` options of the dataclass ``cls``: ``None`` for the defaults, a mapping of
+    fields to change, or an instance (used as it is)."""
+    if given is None:
+        return cls()
+    if isinstance(given, Mapping):
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in given:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown config key '{where}.{key}'{hint}", key=f"{where}.{key}")
+        return cls(**given)
+    return given
+
+
+def create_method(name_or_config: Any, model_opts: Any = None, loss_opts: Any = None, *, dims: Any):
+    """Build a registered method for features of size ``dims``
+    (:class:`~featvlr.methods.base.FeatureDims`).
+
+    ``name_or_config`` is a method name or a run config (anything with ``method``, ``model``
+    and ``loss``: :class:`featvlr.config.Config`), whose option sections are used unless
+    ``model_opts`` / ``loss_opts`` are given. Options are instances of the method's
+    ``ModelOptions`` / ``LossOptions``, mappings of fields to change from the defaults, or
+    ``None`` (the defaults). The schema's ranges and choices are checked on them as on a
+    loaded config. The method is in training mode on the CPU.
+    """
+    if isinstance(name_or_config, str):
+        name = name_or_config
+    else:
+        name = name_or_config.method
+        model_opts = name_or_config.model if model_opts is None else model_opts
+        loss_opts = name_or_config.loss if loss_opts is None else loss_opts
+    cls = get_method(name)
+    return cls(_options(cls.ModelOptions, model_opts, "model"), _options(cls.LossOptions, loss_opts, "loss"), dims)

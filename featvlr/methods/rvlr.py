@@ -107,9 +107,10 @@ from featvlr.losses.structure import off_diagonal
 from featvlr.methods.base import FeatureDims, LoadRun, Method, Stage, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
-from featvlr.methods.vse import (VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
+from featvlr.methods.vse import (VSE, VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
                                  cross_modal_loss)
 from featvlr.modules import xavier_linear
+from featvlr.modules.precision import fp32_normalize, fp32_scores
 from featvlr.methods.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
 
 RELATIONS = ("text", "image", "both")
@@ -179,30 +180,11 @@ class RVLRLossOptions(VSELossOptions):
     learnable_lambda: bool = True
 
 
-def _check_options(model: RVLRModelOptions, loss: RVLRLossOptions) -> None:
-    if model.teacher_image not in IMAGE_SOURCES:
-        raise ConfigError(f"model.teacher_image: unknown source {model.teacher_image!r} ({', '.join(IMAGE_SOURCES)})")
-    if model.teacher_checkpoint not in ("best", "last"):
-        raise ConfigError(f"model.teacher_checkpoint: expected best or last, got {model.teacher_checkpoint!r}")
-    if loss.relation not in RELATIONS:
-        raise ConfigError(f"loss.relation: unknown relation {loss.relation!r} ({', '.join(RELATIONS)})")
-    if loss.distance not in DISTANCES:
-        raise ConfigError(f"loss.distance: unknown distance {loss.distance!r} ({', '.join(DISTANCES)})")
-    if loss.structure_space not in STRUCTURE_SPACES:
-        raise ConfigError(f"loss.structure_space: unknown space {loss.structure_space!r} "
-                          f"({', '.join(STRUCTURE_SPACES)})")
-    if loss.structure_relations not in RELATION_FORMS:
-        raise ConfigError(f"loss.structure_relations: unknown form {loss.structure_relations!r} "
-                          f"({', '.join(RELATION_FORMS)})")
-    if loss.reduction not in ("auto", "mean", "sum"):
-        raise ConfigError(f"loss.reduction: expected auto, mean or sum, got {loss.reduction!r}")
-    if loss.mixture not in ("log", "train"):
-        raise ConfigError(f"loss.mixture: expected log or train, got {loss.mixture!r}")
+def _check_teacher(model: RVLRModelOptions) -> None:
+    """``model.teacher`` names a teacher (the schema has no rule for a free string)."""
     if not model.teacher:
         raise ConfigError("model.teacher: empty; use features (uni-modal teachers from the cache), base (train "
                           "the vse base first and distil from it) or the folder of an earlier run")
-    if not 0.0 < loss.init_lambda < 1.0:
-        raise ConfigError(f"loss.init_lambda must lie in (0, 1), got {loss.init_lambda}")
 
 
 def distill_scale(loss: RVLRLossOptions, batch: int, *, hinge: bool, temperature: float | None = None) -> float:
@@ -250,10 +232,22 @@ class RVLR(TowerEncoders, Method):
 
     ModelOptions = RVLRModelOptions
     LossOptions = RVLRLossOptions
+    batch_keys = VSE.batch_keys
+
+    def required_batch_keys(self) -> dict[str, str]:
+        """``vse``'s keys and the teacher's: cached features, or the rows of a run teacher's table."""
+        keys, opts = super().required_batch_keys(), self.model_opts
+        if opts.teacher != "features":
+            keys["text_ids"] = "model.teacher (a run)"
+        else:
+            keys["pooled_text"] = "model.teacher=features"
+            if opts.teacher_image == "global":
+                keys["global_image"] = "model.teacher_image=global"
+        return keys
 
     def __init__(self, model: RVLRModelOptions, loss: RVLRLossOptions, dims: FeatureDims):
         super().__init__(model, loss, dims)
-        _check_options(model, loss)
+        _check_teacher(model)
         self.encoders = VSEEncoders(model, dims)
         self.criterion = build_cross_modal_loss(loss)
         if model.teacher == "features":
@@ -261,6 +255,9 @@ class RVLR(TowerEncoders, Method):
             text_dim = dims.text_dim
         else:
             image_dim = text_dim = model.teacher_dim
+        if image_dim <= 0 and model.teacher == "features":
+            raise ConfigError("model.teacher_image=global: the cache has no global image vectors "
+                              "(images/<split>/global)", key="model.teacher_image")
         if image_dim <= 0 or text_dim <= 0:
             raise ConfigError("rvlr: the teacher's feature size is unknown; a teacher run is resolved by the "
                               "prepare step (featvlr.training.trainer.train runs it), or set model.teacher=features")
@@ -298,7 +295,7 @@ class RVLR(TowerEncoders, Method):
         from featvlr.methods.teachers import ensure_teacher_cache, teacher_cache_path, teacher_dim
 
         model = config.model
-        _check_options(model, config.loss)
+        _check_teacher(model)
         if model.teacher == "features":
             return config
         teacher = str(Path(run_dir) / "teacher") if model.teacher == BASE_TEACHER else model.teacher
@@ -397,9 +394,7 @@ def geometry(v: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, teacher_image:
     images) and texts, and the teacher mixture ``lambda * cos_T + (1 - lambda) * cos_I``
     (what the absolute structure term pulls both toward)."""
     def cos(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):  # in float32, as every score
-            x = F.normalize(x.float(), dim=-1)
-            return off_diagonal(x @ x.t())
+        return off_diagonal(fp32_scores(fp32_normalize(x)))  # in float32, as every score
 
     other = off_diagonal((ids.unsqueeze(0) != ids.unsqueeze(1)).float()) > 0
     mix = lam.detach() * cos(teacher_text) + (1 - lam.detach()) * cos(teacher_image)

@@ -54,14 +54,10 @@ def features_teacher(batch: dict[str, torch.Tensor], image_source: str = "region
     under region dropout, of the kept regions) or ``global_image`` (``"global"``). Detached
     float32.
     """
-    if image_source == "regions":
-        image = masked_mean(batch["regions"].float(), batch["region_mask"])
-    elif image_source == "global":
-        if "global_image" not in batch:
-            raise ConfigError("model.teacher_image=global but the feature cache has no global image vectors")
+    if image_source == "global":
         image = batch["global_image"].float()
     else:
-        raise ConfigError(f"model.teacher_image: unknown source {image_source!r} ({', '.join(IMAGE_SOURCES)})")
+        image = masked_mean(batch["regions"].float(), batch["region_mask"])
     return image.detach(), batch["pooled_text"].float().detach()
 
 

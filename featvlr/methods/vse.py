@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from featvlr.core.distributed import gather_no_grad, gather_with_grad
-from featvlr.core.errors import ConfigError, FeatvlrError
 from featvlr.core.schema import choice, number
 from featvlr.losses import HingeLoss, SoftIdInfoNCE
 from featvlr.methods.base import FeatureDims, Method, StepState
@@ -26,6 +25,7 @@ from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
 from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean
+from featvlr.modules.precision import fp32
 
 
 @dataclass
@@ -50,15 +50,12 @@ class VSELossOptions(HingeOptions):
 
 
 def pool_tokens(kind: str, gpo: nn.Module | None, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pooling ``kind`` (one of ``VSEModelOptions.pooling``'s choices) of ``x [B, N, d]``."""
     if kind == "gpo":
         return gpo(x, mask)
     if kind == "mean":
         return masked_mean(x, mask)
-    if kind == "max":
-        return maxk_pool(x, mask, 1)
-    if kind == "max2":
-        return maxk_pool(x, mask, 2)
-    raise ConfigError(f"model.pooling: unknown pooling {kind!r} (gpo, mean, max, max2)")
+    return maxk_pool(x, mask, 1 if kind == "max" else 2)
 
 
 class VSEEncoders(nn.Module):
@@ -66,16 +63,12 @@ class VSEEncoders(nn.Module):
 
     def __init__(self, opts: VSEModelOptions, dims: FeatureDims):
         super().__init__()
-        if opts.pooling not in ("gpo", "mean", "max", "max2"):
-            raise ConfigError(f"model.pooling: unknown pooling {opts.pooling!r} (gpo, mean, max, max2)")
         self.opts = opts
         self.image_proj = RegionProjection(dims.region_dim, opts.embed_dim, bn_over_padding=opts.bn_over_padding)
         if opts.text_head == "linear":
             self.text_proj = nn.Linear(dims.text_dim, opts.embed_dim)  # VSE-infinity: default init
-        elif opts.text_head == "mlp":
+        else:  # "mlp"
             self.text_proj = RegionProjection(dims.text_dim, opts.embed_dim, bn_over_padding=opts.bn_over_padding)
-        else:
-            raise ConfigError(f"model.text_head: unknown head {opts.text_head!r} (linear, mlp)")
         self.image_gpo = GPO(32, 32) if opts.pooling == "gpo" else None
         self.text_gpo = GPO(32, 32) if opts.pooling == "gpo" else None
 
@@ -84,20 +77,16 @@ class VSEEncoders(nn.Module):
         return F.normalize(pool_tokens(self.opts.pooling, self.image_gpo, x, batch["region_mask"]), dim=-1)
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "tokens" not in batch:
-            raise FeatvlrError("this method pools token features, but the cache holds pooled text vectors only "
-                               "(extract with a sentence-transformers or BERT text model to get tokens)")
         tokens, mask = batch["tokens"], batch["token_mask"]
         x = self.text_proj(tokens) if self.opts.text_head == "linear" else self.text_proj(tokens, mask)
         return F.normalize(pool_tokens(self.opts.pooling, self.text_gpo, x, mask), dim=-1)
 
 
 def build_cross_modal_loss(opts: VSELossOptions) -> nn.Module:
+    """The criterion of ``loss.kind``: the VSE++ hinge or soft-id InfoNCE."""
     if opts.kind == "hinge":
         return HingeLoss(margin=opts.margin)
-    if opts.kind == "infonce":
-        return SoftIdInfoNCE(temperature=opts.temperature, learnable=opts.learnable_temperature)
-    raise ConfigError(f"loss.kind: unknown loss {opts.kind!r} (hinge, infonce)")
+    return SoftIdInfoNCE(temperature=opts.temperature, learnable=opts.learnable_temperature)
 
 
 def cross_modal_loss(criterion: nn.Module, opts: VSELossOptions, v: torch.Tensor, t: torch.Tensor,
@@ -107,13 +96,11 @@ def cross_modal_loss(criterion: nn.Module, opts: VSELossOptions, v: torch.Tensor
     Scores are computed in fp32 even under autocast: bf16 resolution near 1 (~0.004) is of
     the order of the gaps between hardest negatives.
     """
-    with torch.autocast(v.device.type, enabled=False):
-        if v.dtype in (torch.float16, torch.bfloat16):
-            v, t = v.float(), t.float()
+    with fp32(v, t) as (v32, t32):
         if isinstance(criterion, HingeLoss):
             hardest = opts.max_violation and state.epoch >= opts.warmup_epochs
-            return criterion(v @ t.t(), max_violation=hardest, image_ids=image_ids if opts.id_mask else None)
-        return criterion(v, t, image_ids)
+            return criterion(v32 @ t32.t(), max_violation=hardest, image_ids=image_ids if opts.id_mask else None)
+        return criterion(v32, t32, image_ids)
 
 
 @register_method("vse")
@@ -122,6 +109,7 @@ class VSE(TowerEncoders, Method):
 
     ModelOptions = VSEModelOptions
     LossOptions = VSELossOptions
+    batch_keys = ("regions", "region_mask", "tokens", "token_mask", "image_ids")
 
     def __init__(self, model: VSEModelOptions, loss: VSELossOptions, dims: FeatureDims):
         super().__init__(model, loss, dims)
