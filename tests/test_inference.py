@@ -9,10 +9,11 @@ import torch
 from featvlr.config import load_config
 from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.composed import cirr_submission
-from featvlr.evaluation.methods import evaluate_cross_modal_method, save_query_ranks
+from featvlr.evaluation.evaluators import CrossModalEvaluator
+from featvlr.evaluation.methods import save_query_ranks
 from featvlr.evaluation.options import EvalOptions
 from featvlr.inference import RetrievalModel, rank_queries
-from featvlr.methods import create_method
+from featvlr.methods import get_method
 from featvlr.methods.base import FeatureDims
 from featvlr.retrieval import ranks_from_topk
 from featvlr.cache.store import FeatureStore
@@ -128,11 +129,11 @@ def test_gls_search_equals_the_evaluation(tmp_path, mode):
     split = FeatureStore(cache).split("test")
     dims = FeatureDims(region_dim=split.region_dim, n_regions=split.n_regions, text_dim=split.text_dim)
     torch.manual_seed(0)
-    method = create_method(cfg, dims=dims)
+    method = get_method("gls")(cfg.model, cfg.loss, dims)
     method.stage1_ready.fill_(True)
     model = _direct_model(method, cfg, cache, tmp_path)
     ks = (1, 5, 10)
-    metrics = evaluate_cross_modal_method(method, split, ["i2t", "t2i"], EvalOptions(ks=ks))
+    metrics = CrossModalEvaluator(split, EvalOptions(ks=ks), ["i2t", "t2i"])(method)
     txt2img = split.image_index()
     _, t2i = rank_queries(model, "t2i", rows=np.arange(split.n_texts), k=10)
     _, i2t = rank_queries(model, "i2t", rows=np.arange(split.n_images), k=10)

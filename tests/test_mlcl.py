@@ -15,7 +15,7 @@ from featvlr.data.composed import ComposedBatches, iter_query_batches, read_quer
 from featvlr.core.errors import ConfigError, FeatvlrError, InputError
 from featvlr.evaluation.composed import evaluate_composed_method, resolve_composed_protocol
 from featvlr.losses.mlcl import ComposedContrastiveLoss, MultiLevelContrastiveLoss, in_batch_cross_entropy
-from featvlr.methods import StepState, create_method
+from featvlr.methods import StepState, get_method
 from featvlr.methods.base import FeatureDims
 from featvlr.retrieval.metrics import composed_recall
 from featvlr.modules.combiner import Combiner, MultiLevelCombiner
@@ -81,7 +81,7 @@ def make_method(name: str, cache: Path, **overrides):
     split = FeatureStore(cache).split("train")
     dims = FeatureDims(text_dim=split.text_dim, global_dim=split.global_features(slice(0, 1)).shape[1])
     torch.manual_seed(0)
-    return create_method(cfg, dims=dims)
+    return get_method(name)(cfg.model, cfg.loss, dims)
 
 
 # --------------------------------------------------------------------------------------
@@ -340,14 +340,13 @@ def test_one_fashioniq_rule_through_the_composed_task(tmp_path):
     split = task.eval_split(store, "val")
     want = evaluate_composed_method(method, "val", store=store, dataset="fashioniq")
     curves: dict = {}
-    got = task.evaluate(method, split, EvalOptions(dataset="fashioniq"), ["composed"], "cpu", final=True,
-                        curves=curves)
+    got = task.evaluator(split, EvalOptions(dataset="fashioniq"), ["composed"], "cpu")(method, curves=curves)
     assert got == want and set(curves) == {"composed_dress", "composed_shirt"}
-    assert task.evaluate(method, split, EvalOptions(), None, "cpu") == want
-    cirr = task.evaluate(method, split, EvalOptions(dataset="cirr"), None, "cpu")
+    assert task.evaluator(split, EvalOptions(), None, "cpu")(method) == want
+    cirr = task.evaluator(split, EvalOptions(dataset="cirr"), None, "cpu")(method)
     assert "composed/Rsubset@1" in cirr  # CIRR: the one split "val"
     with pytest.raises(FeatvlrError, match="only the composed scenario"):
-        task.evaluate(method, split, EvalOptions(), ["i2t"], "cpu")
+        task.evaluator(split, EvalOptions(), ["i2t"], "cpu")(method)
 
 
 def test_composed_protocol_resolver_and_galleries():

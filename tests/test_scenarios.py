@@ -14,13 +14,14 @@ from featvlr.retrieval.metrics import composed_recall, cross_modal_recall
 from featvlr.evaluation.scenarios import (
     cirr_submission,
     evaluate_composed,
+    EvalOptions,
     evaluate_cross_modal,
-    evaluate_method,
     first_captions,
     parse_scenarios,
     write_cirr_submission,
 )
 from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.tasks import evaluate_method
 
 from synthetic import write_tiny_cache
 
@@ -298,17 +299,17 @@ class PlanMethod(MeanMethod):
 def test_evaluate_method_paths(tmp_path):
     split = FeatureStore(write_tiny_cache(tmp_path / "c.h5", n_img=10)).split("test")
     curves: dict = {}
-    dense = evaluate_method(MeanMethod(), split, "all", (1, 5), batch_size=3, curves=curves)
+    dense = evaluate_method(MeanMethod(), split, EvalOptions(folds=(1, 5), batch_size=3), "all", curves=curves)
     assert {"i2t", "t2i", "i2t_5fold", "t2i_5fold"} <= set(curves) and len(curves["i2t"]) == 50
     assert {"i2i/ndcg_lin@10", "t2it/ndcg_exp@25", "i2t/ndcg_exp@25", "rsum_5fold"} <= set(dense)
-    pair = evaluate_method(MeanMethod(pairwise=True), split, None, (1, 5), batch_size=4)
+    pair = evaluate_method(MeanMethod(pairwise=True), split, EvalOptions(folds=(1, 5), batch_size=4), None)
     cross = {k: v for k, v in dense.items() if k.split("/")[0] in ("i2t", "t2i", "i2t_5fold", "t2i_5fold")
              or "/" not in k}
     assert pair == pytest.approx(cross, abs=1e-9)
-    plan = evaluate_method(PlanMethod(pairwise=True), split, None, 1, batch_size=4)
+    plan = evaluate_method(PlanMethod(pairwise=True), split, EvalOptions(batch_size=4), None)
     assert plan["rsum"] == pytest.approx(dense["rsum"]) and plan["i2t/meanr"] == pytest.approx(dense["i2t/meanr"])
     with pytest.raises(FeatvlrError, match="needs embeddings"):
-        evaluate_method(MeanMethod(pairwise=True), split, "i2i", 1)
+        evaluate_method(MeanMethod(pairwise=True), split, EvalOptions(), "i2i")
 
 
 def test_r_mean_matches_definition():
@@ -363,7 +364,7 @@ def composed_store(path, with_targets=True, n_img=12, q=9, d=5, seed=0):
 
 def test_evaluate_method_composed(tmp_path):
     split, ref, tgt, subsets = composed_store(tmp_path / "cirr.h5")
-    res = evaluate_method(SumComposer(), split, ["composed"], batch_size=4)
+    res = evaluate_method(SumComposer(), split, EvalOptions(batch_size=4), ["composed"])
     g = split.global_features()
     q = g[ref] + split.pooled()
     expect = composed_recall(q @ g.T, tgt, reference=ref, subsets=subsets)
@@ -371,12 +372,12 @@ def test_evaluate_method_composed(tmp_path):
         assert res[f"composed/{k}"] == pytest.approx(v)
     test_split, test_ref, _, _ = composed_store(tmp_path / "cirr_test.h5", with_targets=False)
     sub = tmp_path / "sub"
-    assert evaluate_method(SumComposer(), test_split, ["composed"], submission_dir=sub) == {}
+    assert evaluate_method(SumComposer(), test_split, EvalOptions(), ["composed"], submission_dir=sub) == {}
     recall = json.loads((sub / "recall_submission_val.json").read_text())
     assert recall["metric"] == "recall" and len(recall) == 2 + 9 and len(recall["100"]) == 11
     assert f"im{test_ref[0]}" not in recall["100"]
     with pytest.raises(FeatvlrError, match="only the composed scenario"):
-        evaluate_method(SumComposer(), split, ["i2t"])
+        evaluate_method(SumComposer(), split, EvalOptions(), ["i2t"])
 
 
 def test_average_fashioniq():

@@ -19,7 +19,7 @@ Example::
     record = run_eval(embeddings="mine.npz", cache="features/f30k.h5", split="test",
                       json_path="mine.json", flags=EvalFlags(folds="1,5"))
 
-A run is evaluated by its task (:func:`featvlr.tasks.get_task`), as the trainer does; the
+A run is evaluated by its task (:func:`featvlr.tasks.evaluate_method`), as the trainer does; the
 library pieces live in :mod:`featvlr.evaluation`.
 """
 from __future__ import annotations
@@ -242,10 +242,8 @@ def _method_metrics(method: Any, config: Any, cache_path: str | Path, split: str
                     opts: EvalOptions, device: str, curves: dict, extra: dict, out_dir: Path) -> tuple[dict, str]:
     """Metrics of a loaded method on a cache split, evaluated by the method's task as the
     trainer does (a composed FashionIQ split: over its per-category splits)."""
-    import torch
-
     from featvlr.cache.store import FeatureStore
-    from featvlr.tasks import get_task
+    from featvlr.tasks import evaluate_method, get_task
 
     if chosen is not None:
         _check_task_scenarios(method, chosen)
@@ -257,8 +255,7 @@ def _method_metrics(method: Any, config: Any, cache_path: str | Path, split: str
         if alias and task.has_split(store, alias):
             name = alias
     st = task.eval_split(store, name) if task.has_split(store, name) else store.split(name)  # the latter raises
-    with torch.no_grad():
-        metrics = task.evaluate(method, st, opts, chosen, device, final=True, curves=curves, submission_dir=out_dir)
+    metrics = evaluate_method(method, st, opts, chosen, device, curves=curves, submission_dir=out_dir)
     if not metrics and out_dir.exists():
         extra["submission"] = sorted(str(p) for p in out_dir.glob(f"*_{st.name}.json"))
     return metrics, st.name
@@ -270,7 +267,7 @@ def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: 
     """The metrics of the mean of the members' similarity matrices on one split (each member
     on its own config's cache unless ``cache`` is given), and each member's own metrics."""
     from featvlr.inference.loading import load_method
-    from featvlr.evaluation.cross_modal import evaluate_cross_modal
+    from featvlr.evaluation.cross_modal import CrossModalScores, cross_modal_metrics
     from featvlr.evaluation.ensemble import check_same_split, method_sims
     from featvlr.evaluation.results import checkpoint_config_hash
     from featvlr.cache.store import FeatureStore
@@ -299,9 +296,7 @@ def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: 
         else:
             check_same_split(first, st, str(path))
         sims = method_sims(method, st, opts, dev)
-        own = evaluate_cross_modal(None, None, data, scenarios, opts.folds, sims=sims, ks=opts.ks,
-                                   ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),
-                                   chunk_elements=opts.chunk_elements, first_images=opts.first_images)
+        own = cross_modal_metrics(CrossModalScores(sims=sims), data, scenarios, _matrix_options(opts, data))
         records.append({"path": str(path), "method": getattr(method, "name", type(method).__name__),
                         "cache": str(cache_path), "config_sha256": checkpoint_config_hash(path),
                         "seed": getattr(getattr(config, "train", None), "seed", None), "metrics": own})
@@ -310,9 +305,8 @@ def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: 
     mean = total / len(members)  # ensemble.mean_sims of the members, summed one at a time
     inputs.update(kind="ensemble", split=first.name, members=records,
                   ensemble="mean of the members' [n_images, n_texts] similarity matrices")
-    metrics = evaluate_cross_modal(None, None, data, scenarios, opts.folds, sims=mean, ks=opts.ks,
-                                   ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),
-                                   chunk_elements=opts.chunk_elements, first_images=opts.first_images, curves=curves)
+    metrics = cross_modal_metrics(CrossModalScores(sims=mean), data, scenarios, _matrix_options(opts, data),
+                                  curves=curves)
     names = "+".join(p.name if p.is_dir() else p.stem for p in members)
     return metrics, first_config, opts, eval_dir(members[0]) / f"ensemble_{names}.{first.name}.json"
 
@@ -337,14 +331,18 @@ def _embeddings_metrics(arrays: dict[str, np.ndarray], st: Any, path: Path, rele
                         chosen: list[str] | None, opts: EvalOptions, curves: dict, inputs: dict,
                         dev: str) -> dict[str, float]:
     """Every scenario the embeddings allow (the uni-modal ones with a relevance matrix)."""
-    from featvlr.evaluation.cross_modal import evaluate_cross_modal
+    from featvlr.evaluation.cross_modal import CrossModalScores, cross_modal_metrics
 
     img, txt = check_embeddings(arrays, path, st, dev)
     data = arrays_or_split(st, relevance, img.shape[0], txt.shape[0], inputs)
-    return evaluate_cross_modal(
-        img, txt, data, chosen, opts.folds, ks=opts.ks, ndcg_ks=opts.ndcg_ks, ndcg_exp_k=opts.ndcg_exp_k,
-        teran_ndcg=has_relevance(data), t2t_without_siblings=opts.t2t_without_siblings, backend=opts.backend,
-        faiss_k=opts.faiss_k, chunk_elements=opts.chunk_elements, first_images=opts.first_images, curves=curves)
+    return cross_modal_metrics(CrossModalScores(img, txt), data, chosen,
+                               dataclasses.replace(opts, teran_ndcg=has_relevance(data)), curves=curves)
+
+
+def _matrix_options(opts: EvalOptions, data: Any) -> EvalOptions:
+    """The options of a similarity matrix's i2t and t2i: exact ranking, TERAN's NDCG when
+    there is relevance."""
+    return dataclasses.replace(opts, teran_ndcg=has_relevance(data), backend="exact")
 
 
 def _sims_metrics(path: Path, st: Any, relevance: str | Path | None, chosen: list[str] | None,
@@ -352,7 +350,7 @@ def _sims_metrics(path: Path, st: Any, relevance: str | Path | None, chosen: lis
     """i2t/t2i (and TERAN's NDCG when there is relevance) from a similarity matrix file."""
     import torch
 
-    from featvlr.evaluation.cross_modal import evaluate_cross_modal
+    from featvlr.evaluation.cross_modal import CrossModalScores, cross_modal_metrics
 
     if chosen is not None:
         bad = [s for s in chosen if s not in ("i2t", "t2i")]
@@ -375,10 +373,8 @@ def _sims_metrics(path: Path, st: Any, relevance: str | Path | None, chosen: lis
         print(f"skipped {', '.join(skipped)}: a similarity matrix gives i2t and t2i only (they need "
               "--embeddings)", flush=True)
     try:
-        return evaluate_cross_modal(None, None, data, chosen or ["i2t", "t2i"], opts.folds, sims=s, ks=opts.ks,
-                                    ndcg_exp_k=opts.ndcg_exp_k, teran_ndcg=has_relevance(data),
-                                    chunk_elements=opts.chunk_elements, first_images=opts.first_images,
-                                    curves=curves)
+        return cross_modal_metrics(CrossModalScores(sims=s), data, chosen or ["i2t", "t2i"],
+                                   _matrix_options(opts, data), curves=curves)
     except FeatvlrError as exc:
         if isinstance(exc, InputError):
             raise

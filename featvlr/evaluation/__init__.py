@@ -11,11 +11,14 @@ tasks or the commands):
 - :mod:`~featvlr.evaluation.embed`: a method's embeddings of a split.
 - :mod:`~featvlr.evaluation.composed`: the one composed evaluation (protocol resolver,
   FashionIQ categories, CIRR submission).
-- :mod:`~featvlr.evaluation.methods`: a cross-modal method on a split.
+- :mod:`~featvlr.evaluation.methods`: a cross-modal method's pairwise scores and per-query ranks.
+- :mod:`~featvlr.evaluation.evaluators`: :class:`Evaluator` objects, built with a split and
+  :class:`EvalOptions`, called with a method (cross-modal, composed).
 - :mod:`~featvlr.evaluation.inputs`, :mod:`~featvlr.evaluation.results`,
   :mod:`~featvlr.evaluation.plots`: files in and out of ``featvlr eval``.
 
-The tasks (:mod:`featvlr.tasks`) call the cross-modal or the composed path; the trainer
+A task (:mod:`featvlr.tasks`) builds the evaluator of its methods; the trainer
 (:mod:`featvlr.training.run_eval`), ``featvlr eval`` (:mod:`featvlr.app.evaluate`) and ablations (through
-the trainer) evaluate a method by its task. :mod:`featvlr.evaluation.scenarios` is the public entry.
+the trainer) evaluate a method by its task (:func:`featvlr.tasks.evaluate_method`).
+:mod:`featvlr.evaluation.scenarios` is the public entry.
 """

@@ -8,7 +8,7 @@ derives them from a run config, :func:`protocol_folds` is the one folds rule and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from featvlr.core.errors import FeatvlrError
@@ -90,7 +90,8 @@ class EvalOptions:
             exponential-gain one (also TERAN's for i2t/t2i).
         teran_ndcg: add TERAN's NDCG to i2t and t2i when the split has a relevance matrix.
         t2t_without_siblings: also report ``t2t_nosiblings``.
-        backend, faiss_k: ``exact`` or a FAISS index (top-``faiss_k`` lists, R@K only).
+        backend, faiss_k, faiss_options: ``exact`` or a FAISS index (top-``faiss_k`` lists,
+            R@K only; ``faiss_options``: :func:`featvlr.retrieval.faiss_search` keywords).
         batch_size, chunk_elements: embedding batches; most query x gallery scores at once.
         max_tokens: the training truncation of captions (``data.max_tokens``).
         composed_protocol: ``auto``, ``cirr``, ``fashioniq`` or ``shoes``; ``auto`` resolves
@@ -111,6 +112,7 @@ class EvalOptions:
     t2t_without_siblings: bool = False
     backend: str = "exact"
     faiss_k: int = 100
+    faiss_options: Mapping[str, Any] | None = None
     batch_size: int = 512
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
     max_tokens: int = 0
@@ -129,7 +131,10 @@ class EvalOptions:
     @classmethod
     def from_config(cls, config: Any, *, final: bool = True, **overrides: Any) -> EvalOptions:
         """The options a run config asks for: the test protocol when ``final`` (its folds,
-        TERAN NDCG), else the cheap dev one; ``overrides`` that are not None win."""
+        TERAN NDCG), else the cheap dev one; ``overrides`` that are not None win. The one way
+        from a run's :class:`~featvlr.config.Config` to the options evaluators take."""
+        if isinstance(config, EvalOptions):
+            raise TypeError("EvalOptions.from_config takes a run config, not EvalOptions")
         data = getattr(config, "data", None)
         ev = getattr(config, "eval", None)
         values: dict[str, Any] = dict(
@@ -146,14 +151,6 @@ class EvalOptions:
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
-
-
-def eval_options(config_or_options: Any, *, final: bool) -> EvalOptions:
-    """``config_or_options`` itself when it is an :class:`EvalOptions` (``featvlr eval``'s
-    flags, already resolved), else :meth:`EvalOptions.from_config` of a run config."""
-    if isinstance(config_or_options, EvalOptions):
-        return config_or_options
-    return EvalOptions.from_config(config_or_options, final=final)
 
 
 def protocol_record(*, split: str | None, metrics: dict[str, float], folds: Sequence[int] = (1,),

@@ -45,16 +45,12 @@ Protocols (``METHODS.md`` section 2; the differences from the peers' code are de
 
 This module is the public entry to the scenarios; the implementation is split by job in
 :mod:`featvlr.evaluation` (``cross_modal``, ``unimodal``, ``composed``, ``methods``,
-``embed``, ``options``). :func:`evaluate_method` evaluates a method with its task's protocol
-(:func:`featvlr.tasks.get_task`), as the trainer and ``featvlr eval`` do.
+``embed``, ``options``). A method is evaluated by an evaluator
+(:mod:`featvlr.evaluation.evaluators`: :class:`CrossModalEvaluator`,
+:class:`ComposedEvaluator`), the one its task builds (:func:`featvlr.tasks.evaluate_method`,
+as the trainer and ``featvlr eval`` do).
 """
 from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from featvlr.evaluation.composed import (
     average_fashioniq,
@@ -65,8 +61,9 @@ from featvlr.evaluation.composed import (
     resolve_composed_protocol,
     write_cirr_submission,
 )
-from featvlr.evaluation.cross_modal import evaluate_cross_modal
-from featvlr.evaluation.methods import evaluate_cross_modal_method, pairwise_score_fn
+from featvlr.evaluation.cross_modal import CrossModalScores, cross_modal_metrics, evaluate_cross_modal
+from featvlr.evaluation.evaluators import ComposedEvaluator, CrossModalEvaluator, Evaluator
+from featvlr.evaluation.methods import pairwise_score_fn
 from featvlr.evaluation.options import (
     BACKENDS,
     CROSS_MODAL,
@@ -77,38 +74,10 @@ from featvlr.evaluation.options import (
     parse_scenarios,
 )
 from featvlr.evaluation.split_data import first_captions
-from featvlr.retrieval import DEFAULT_CHUNK_ELEMENTS
 
 __all__ = [
-    "BACKENDS", "CROSS_MODAL", "SCENARIOS", "TIE_RULE", "UNI_AND_MIXED", "average_fashioniq", "cirr_submission",
-    "composed_galleries", "evaluate_composed", "evaluate_composed_method", "evaluate_cross_modal",
-    "evaluate_cross_modal_method", "evaluate_method", "first_captions", "pairwise_score_fn", "parse_scenarios",
-    "resolve_composed_protocol", "write_cirr_submission",
+    "BACKENDS", "CROSS_MODAL", "SCENARIOS", "TIE_RULE", "UNI_AND_MIXED", "ComposedEvaluator", "CrossModalEvaluator",
+    "CrossModalScores", "EvalOptions", "Evaluator", "average_fashioniq", "cirr_submission", "composed_galleries",
+    "cross_modal_metrics", "evaluate_composed", "evaluate_composed_method", "evaluate_cross_modal", "first_captions",
+    "pairwise_score_fn", "parse_scenarios", "resolve_composed_protocol", "write_cirr_submission",
 ]
-
-
-def evaluate_method(method: Any, split: Any, scenarios: str | Sequence[str] | None = None,
-                    folds: int | Sequence[int] = 1, *, batch_size: int = 512, device: str | torch.device = "cpu",
-                    teran_ndcg: bool = True, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                    curves: dict[str, list[float]] | None = None, submission_dir: str | Path | None = None,
-                    protocol: str = "auto", max_tokens: int = 0, **kwargs: Any) -> dict[str, float]:
-    """Embed a store split with a method and evaluate it with its task's protocol.
-
-    Cross-modal methods: :func:`~featvlr.evaluation.methods.evaluate_cross_modal_method`
-    (a GLS-style ``shortlist_plan``, pairwise scoring or global embeddings). Composed methods:
-    :func:`~featvlr.evaluation.composed.evaluate_composed_method` with ``protocol`` (``auto``:
-    from the split's arrays); on a CIRR split without targets (test1) the two submission
-    files go to ``submission_dir`` when it is given.
-
-    ``scenarios=None`` (or ``"all"``) runs every scenario the method and split allow;
-    ``max_tokens`` is the training truncation of captions (``data.max_tokens``); other keyword
-    arguments are :class:`~featvlr.evaluation.options.EvalOptions` fields (``ks``,
-    ``ndcg_ks``, ``ndcg_exp_k``, ``backend``, ``faiss_k``, ``t2t_without_siblings``).
-    """
-    from featvlr.tasks import get_task
-
-    folds_t = tuple(int(f) for f in folds) if isinstance(folds, Sequence) else (int(folds),)
-    opts = EvalOptions(folds=folds_t, teran_ndcg=teran_ndcg, batch_size=batch_size, chunk_elements=chunk_elements,
-                       max_tokens=max_tokens, composed_protocol=protocol, **kwargs)
-    return get_task(method.task).evaluate(method, split, opts, scenarios, device, final=True, curves=curves,
-                                          submission_dir=None if submission_dir is None else Path(submission_dir))

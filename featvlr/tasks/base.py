@@ -1,14 +1,19 @@
 """The task contract the trainer calls (see :mod:`featvlr.tasks`)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from featvlr.core.errors import InputError
 
+if TYPE_CHECKING:
+    from featvlr.evaluation.evaluators import Evaluator
+    from featvlr.evaluation.options import EvalOptions
+
 
 class Task:
-    """Batch building, split checks, dev split and evaluation of one kind of retrieval."""
+    """Batch building, split checks, dev split and the evaluator of one kind of retrieval."""
 
     name: ClassVar[str] = ""
 
@@ -50,20 +55,25 @@ class Task:
         return store.split(name)
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
-                 final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
-                 ) -> dict[str, float]:
-        """Flat metrics of ``method`` (in eval mode, under ``no_grad``) on ``split``.
+    def evaluator(self, split: Any, options: EvalOptions, scenarios: str | Sequence[str] | None = None,
+                  device: Any = "cpu") -> Evaluator:
+        """The evaluator of this task's methods on ``split`` (:mod:`featvlr.evaluation.evaluators`).
 
-        ``cfg`` is a run's :class:`~featvlr.config.Config` or the
-        :class:`~featvlr.evaluation.options.EvalOptions` of ``featvlr eval``.
-        ``final``: the test-time protocol (every fold, TERAN NDCG); otherwise the cheap dev one.
-        ``curves`` is filled with Recall@K curves; ``submission_dir`` receives test-server files.
+        ``options`` are :class:`~featvlr.evaluation.options.EvalOptions`: a run config's come
+        from :meth:`EvalOptions.from_config` (``final``: the test protocol, every fold and
+        TERAN's NDCG; else the cheap dev one). ``scenarios``: None or ``"all"`` for every
+        scenario the method and split allow.
         """
         raise NotImplementedError
 
-    def after_final_eval(self, method: Any, split: Any, cfg: Any, device: Any, eval_dir: Path) -> None:
-        """Extra files written beside the final results (per-query ranks, ...)."""
+    def run_scenarios(self, listed: Sequence[str]) -> list[str] | None:
+        """The scenarios to evaluate for a run config's list (``eval.scenarios`` or
+        ``eval.dev_scenarios``): the list itself."""
+        return list(listed)
+
+    def after_final_eval(self, method: Any, split: Any, options: EvalOptions, device: Any, eval_dir: Path) -> None:
+        """Extra files written beside the final results (per-query ranks, ...), under the test
+        protocol's ``options``."""
 
 
 TASKS: dict[str, Task] = {}

@@ -1,12 +1,17 @@
 """Composed retrieval (reference image + modifier text -> target image): composed batches and
-the CIRR / FashionIQ / Shoes protocols; a FashionIQ split name may stand for its per-category
-splits (``val`` for ``val_dress``, ``val_shirt``, ``val_toptee``)."""
+the CIRR / FashionIQ / Shoes protocols (:class:`~featvlr.evaluation.evaluators.ComposedEvaluator`);
+a FashionIQ split name may stand for its per-category splits (``val`` for ``val_dress``,
+``val_shirt``, ``val_toptee``)."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from featvlr.tasks.base import Task, register_task
+
+if TYPE_CHECKING:
+    from featvlr.evaluation.evaluators import ComposedEvaluator
+    from featvlr.evaluation.options import EvalOptions
 
 
 class ComposedTask(Task):
@@ -26,20 +31,16 @@ class ComposedTask(Task):
 
         return StoreSplit(store, name)  # may name per-category splits only
 
-    def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
-                 final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
-                 ) -> dict[str, float]:
-        from featvlr.evaluation.composed import evaluate_composed_method
-        from featvlr.evaluation.options import EvalOptions, eval_options
+    def evaluator(self, split: Any, options: EvalOptions, scenarios: str | Sequence[str] | None = None,
+                  device: Any = "cpu") -> ComposedEvaluator:
+        from featvlr.evaluation.evaluators import ComposedEvaluator
 
-        opts = eval_options(cfg, final=final)
-        # scenarios chosen with EvalOptions (featvlr eval) are checked; a run config's lists
-        # default to the cross-modal ones and are not
-        chosen = scenarios if isinstance(cfg, EvalOptions) else None
-        return evaluate_composed_method(method, split, dataset=opts.dataset, protocol=opts.composed_protocol,
-                                        scenarios=chosen, batch_size=opts.batch_size, device=device,
-                                        chunk_elements=opts.chunk_elements, submission_dir=submission_dir,
-                                        curves=curves)
+        return ComposedEvaluator(split, options, scenarios, device)
+
+    def run_scenarios(self, listed: Sequence[str]) -> list[str] | None:
+        """None (the composed scenario): a run config's lists default to the cross-modal
+        scenarios, and a composed run evaluates its one scenario whatever they name."""
+        return None
 
 
 register_task(ComposedTask())

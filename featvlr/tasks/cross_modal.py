@@ -1,11 +1,17 @@
 """Cross-modal retrieval (image <-> caption): caption batches, the scenarios of
-:mod:`featvlr.evaluation.scenarios`, per-query ranks for significance tests."""
+:mod:`featvlr.evaluation.scenarios` by :class:`~featvlr.evaluation.evaluators.CrossModalEvaluator`,
+per-query ranks for significance tests."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featvlr.tasks.base import Task, register_task
+
+if TYPE_CHECKING:
+    from featvlr.evaluation.evaluators import CrossModalEvaluator
+    from featvlr.evaluation.options import EvalOptions
 
 
 class CrossModalTask(Task):
@@ -18,22 +24,17 @@ class CrossModalTask(Task):
                               token_dropout=cfg.data.token_dropout, token_replace=cfg.data.token_replace,
                               placement=placement, device=device, **common)
 
-    def evaluate(self, method: Any, split: Any, cfg: Any, scenarios: list[str] | None, device: Any, *,
-                 final: bool = False, curves: dict | None = None, submission_dir: Path | None = None
-                 ) -> dict[str, float]:
-        from featvlr.evaluation.methods import evaluate_cross_modal_method
-        from featvlr.evaluation.options import eval_options
+    def evaluator(self, split: Any, options: EvalOptions, scenarios: str | Sequence[str] | None = None,
+                  device: Any = "cpu") -> CrossModalEvaluator:
+        from featvlr.evaluation.evaluators import CrossModalEvaluator
 
-        return evaluate_cross_modal_method(method, split, scenarios, eval_options(cfg, final=final), device=device,
-                                           curves=curves)
+        return CrossModalEvaluator(split, options, scenarios, device)
 
-    def after_final_eval(self, method: Any, split: Any, cfg: Any, device: Any, eval_dir: Path) -> None:
+    def after_final_eval(self, method: Any, split: Any, options: EvalOptions, device: Any, eval_dir: Path) -> None:
         if not method.pairwise:
             from featvlr.evaluation.methods import save_query_ranks
-            from featvlr.evaluation.options import eval_options
 
-            save_query_ranks(method, split, eval_options(cfg, final=True), device,
-                             Path(eval_dir) / f"{split.name}_ranks.npz")
+            save_query_ranks(method, split, options, device, Path(eval_dir) / f"{split.name}_ranks.npz")
 
 
 register_task(CrossModalTask())

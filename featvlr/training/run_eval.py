@@ -1,11 +1,10 @@
 """A run's evaluations: the dev split after each epoch, the test split at the end.
 
-:func:`evaluate_split` evaluates a method on a split through its task
-(:func:`featvlr.tasks.get_task`; the dev protocol, or the test one with ``final``);
-:func:`dev_metrics` is what the trainer calls after each epoch (eval mode, no gradients, the
-method's mode restored) and :func:`write_eval` what it calls on the test split at the end
-(every configured scenario, a results JSON and plots). The folds rule is
-:func:`featvlr.evaluation.options.protocol_folds`.
+Both go through the method's task (:func:`featvlr.tasks.evaluate_method`) with the options of
+the run config (:meth:`featvlr.evaluation.options.EvalOptions.from_config`: the dev protocol, or
+the test one with ``final``). :func:`dev_metrics` is what the trainer calls after each epoch
+(eval mode, no gradients, the method's mode restored) and :func:`write_eval` what it calls on
+the test split at the end (every configured scenario, a results JSON and plots).
 """
 from __future__ import annotations
 
@@ -13,22 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from featvlr.config import Config
-from featvlr.evaluation.options import protocol_folds
+from featvlr.evaluation.options import EvalOptions
 from featvlr.evaluation.results import write_results
+from featvlr.tasks import evaluate_method
 
-__all__ = ["dev_metrics", "evaluate_split", "protocol_folds", "write_eval"]
-
-
-def evaluate_split(method, split, cfg: Config, scenarios: list[str] | None, device, *, final: bool = False,
-                   curves: dict | None = None, submission_dir: Path | None = None) -> dict[str, float]:
-    """Flat metrics (``"i2t/R@1"``, ..., ``"rsum"``) of ``method`` on ``split``, by its task."""
-    from featvlr.tasks import get_task
-
-    return get_task(method.task).evaluate(method, split, cfg, scenarios, device, final=final, curves=curves,
-                                          submission_dir=submission_dir)
+__all__ = ["dev_metrics", "write_eval"]
 
 
 def dev_metrics(method, task, split, cfg: Config, device) -> dict[str, Any]:
@@ -36,8 +25,8 @@ def dev_metrics(method, task, split, cfg: Config, device) -> dict[str, Any]:
     was_training = method.training
     method.eval()
     try:
-        with torch.no_grad():
-            return task.evaluate(method, split, cfg, cfg.eval.dev_scenarios, device)
+        return evaluate_method(method, split, EvalOptions.from_config(cfg, final=False),
+                               task.run_scenarios(cfg.eval.dev_scenarios), device)
     finally:
         method.train(was_training)
 
@@ -48,11 +37,11 @@ def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
 
     ``warnings`` (the trainer's loss terms that never acted, :func:`featvlr.training.notes.inactive_terms`)
     are recorded with the results (``"warnings"``), with a collapse warning of this split's own geometry."""
+    options = EvalOptions.from_config(cfg, final=True)
     curves: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    with torch.no_grad():
-        metrics = task.evaluate(method, split, cfg, list(cfg.eval.scenarios), device, final=True, curves=curves,
-                                submission_dir=Path(path).parent / "submission")
+    metrics = evaluate_method(method, split, options, task.run_scenarios(cfg.eval.scenarios), device, curves=curves,
+                              submission_dir=Path(path).parent / "submission")
     from featvlr.evaluation.geometry import collapse_warning
     from featvlr.config.provenance import config_hash
 
@@ -62,5 +51,5 @@ def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
     record = write_results(path, metrics, split=split.name, cfg=cfg, curves=curves, device=str(device),
                            seconds=time.perf_counter() - t0, checkpoint=checkpoint, config_sha256=config_hash(cfg),
                            extra={"warnings": notes} if notes else None)
-    task.after_final_eval(method, split, cfg, device, Path(path).parent)
+    task.after_final_eval(method, split, options, device, Path(path).parent)
     return record
