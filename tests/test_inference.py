@@ -13,7 +13,7 @@ from featvlr.evaluation.evaluators import CrossModalEvaluator
 from featvlr.evaluation.methods import save_query_ranks
 from featvlr.evaluation.options import EvalOptions
 from featvlr.inference import RetrievalModel, rank_queries
-from featvlr.methods import get_method
+from featvlr.methods import create_method
 from featvlr.methods.base import FeatureDims
 from featvlr.retrieval import ranks_from_topk
 from featvlr.cache.store import FeatureStore
@@ -129,7 +129,7 @@ def test_gls_search_equals_the_evaluation(tmp_path, mode):
     split = FeatureStore(cache).split("test")
     dims = FeatureDims(region_dim=split.region_dim, n_regions=split.n_regions, text_dim=split.text_dim)
     torch.manual_seed(0)
-    method = get_method("gls")(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     method.stage1_ready.fill_(True)
     model = _direct_model(method, cfg, cache, tmp_path)
     ks = (1, 5, 10)

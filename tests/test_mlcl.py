@@ -15,7 +15,7 @@ from featvlr.data.composed import ComposedBatches, iter_query_batches, read_quer
 from featvlr.core.errors import ConfigError, FeatvlrError, InputError
 from featvlr.evaluation.composed import evaluate_composed_method, resolve_composed_protocol
 from featvlr.losses.mlcl import ComposedContrastiveLoss, MultiLevelContrastiveLoss, in_batch_cross_entropy
-from featvlr.methods import StepState, get_method
+from featvlr.methods import StepState, create_method
 from featvlr.methods.base import FeatureDims
 from featvlr.retrieval.metrics import composed_recall
 from featvlr.modules.combiner import Combiner, MultiLevelCombiner
@@ -81,7 +81,7 @@ def make_method(name: str, cache: Path, **overrides):
     split = FeatureStore(cache).split("train")
     dims = FeatureDims(text_dim=split.text_dim, global_dim=split.global_features(slice(0, 1)).shape[1])
     torch.manual_seed(0)
-    return get_method(name)(cfg.model, cfg.loss, dims)
+    return create_method(cfg, dims=dims)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from featvlr.inference.loading import load_method
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.core.errors import ConfigError, InputError
-from featvlr.methods import Method, StepState, get_method, register_method
+from featvlr.methods import Method, StepState, create_method, register_method
 from featvlr.cache.store import FeatureStore
 from featvlr.training.trainer import TrainingDiverged, feature_dims, train
 
@@ -100,7 +100,7 @@ def test_nan_loss_stops_with_a_clear_message(cache, tmp_path):
 def test_vse_learns_far_above_chance(cache, tmp_path):
     cfg = quick(cache, "train.epochs=6", "train.lr_steps=[5]", "train.lr=1e-3", "data.test_split=test")
     result = train(cfg, tmp_path / "r")
-    untrained = get_method("vse")(cfg.model, cfg.loss, feature_dims(FeatureStore(cache).split("train")))
+    untrained = create_method(cfg, dims=feature_dims(FeatureStore(cache).split("train")))
     from featvlr.evaluation.options import EvalOptions
     from featvlr.tasks import evaluate_method
 
@@ -121,7 +121,7 @@ def test_vse_learns_far_above_chance(cache, tmp_path):
 def _grads_after_one_step(cfg, cache, rank: int, world: int):
     torch.manual_seed(0)
     split = FeatureStore(cache).split("train")
-    method = get_method("vse")(cfg.model, cfg.loss, feature_dims(split))
+    method = create_method(cfg, dims=feature_dims(split))
     batches = CaptionBatches(split, batch_size=32, seed=0, region_dropout=0.2, rank=rank, world_size=world)
     batches.set_epoch(1)  # hardest-negative phase
     model = method
