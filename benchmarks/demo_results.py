@@ -26,8 +26,8 @@ from benchmarks.common import demo_cache_for, demo_configs, epoch_records, numbe
 
 
 def run_all(configs: list[Path], cache_dir: Path, out_dir: Path, epochs: int | None) -> dict[str, dict]:
-    from featvlr.config import load_config
     from featvlr.app.demo import build_demo_caches
+    from featvlr.config import load_config
     from featvlr.training.trainer import train
 
     paths = build_demo_caches(cache_dir, progress=False)

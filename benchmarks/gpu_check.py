@@ -34,8 +34,8 @@ from benchmarks.common import demo_cache_for, demo_configs, epoch_records, pin_t
 
 
 def train_configs(args, out_dir: Path) -> list[dict]:
-    from featvlr.config import load_config
     from featvlr.app.demo import build_demo_caches
+    from featvlr.config import load_config
     from featvlr.training.trainer import train
 
     paths = build_demo_caches(args.cache_dir, progress=False)

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from synthetic import write_synthetic_cache, write_synthetic_config
 
-from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.core.errors import ConfigError
 from featvlr.report import paired_randomization_test, rsum_contributions, write_report
-
-from synthetic import write_synthetic_cache, write_synthetic_config
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import write_synthetic_cache
+from test_mlcl import write_composed_cache
 from torch.overrides import TorchFunctionMode
 
 import featvlr
@@ -25,9 +27,6 @@ from featvlr.data.composed import ComposedBatches
 from featvlr.methods import StepState, create_method, get_method, list_methods
 from featvlr.modules.combiner import Combiner
 from featvlr.training.trainer import feature_dims
-
-from synthetic import write_synthetic_cache
-from test_mlcl import write_composed_cache
 
 ROOT = Path(featvlr.__file__).resolve().parent
 SCOPE = (ROOT / "losses", ROOT / "methods", ROOT / "modules" / "alignment.py")

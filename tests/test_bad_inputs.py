@@ -27,12 +27,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from synthetic import write_synthetic_cache
 
 from featvlr.config import DataConfig, EvalConfig, TrainConfig
-from featvlr.methods.registry import get_method, list_methods
 from featvlr.core.schema import rule_of
-
-from synthetic import write_synthetic_cache
+from featvlr.methods.registry import get_method, list_methods
 
 TESTS = Path(__file__).resolve().parent
 

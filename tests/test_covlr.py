@@ -274,8 +274,8 @@ def test_frozen_references_get_no_gradient():
 
 
 def test_teacher_reference_is_frozen(tmp_path):
-    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import Config, config_to_dict
+    from featvlr.core.checkpoint import save_checkpoint
 
     cls = get_method("vse")
     cfg = Config(method="vse", model=cls.ModelOptions(embed_dim=8, pooling="mean"), loss=cls.LossOptions())

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from featvlr.cache.store import CacheWriter, FeatureStore
 from featvlr.data import BatchStream, CaptionBatches
 from featvlr.data.rows import choose_placement, open_table
-from featvlr.cache.store import CacheWriter, FeatureStore
 
 N_IMG, R, D, DT = 40, 7, 12, 10
 

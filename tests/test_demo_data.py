@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import featvlr.demo.dataset as demo_dataset
+from featvlr.core.errors import ConfigError, InputError
 from featvlr.demo import (
     CATEGORIES,
     CIRR_SPLITS,
@@ -20,7 +21,6 @@ from featvlr.demo import (
     make_demo_dataset,
 )
 from featvlr.demo.vocabulary import CAT_NOUNS
-from featvlr.core.errors import ConfigError, InputError
 
 SMALL = {"n_train": 240, "n_dev": 20, "n_test": 60, "n_regions": 10, "region_dim": 64,
          "n_cirr_train": 600, "n_cirr_val": 120, "n_cirr_test": 30, "global_dim": 48, "n_aug": 3}
@@ -344,9 +344,9 @@ def test_bad_parameters(tmp_path, bad):
 
 @pytest.mark.slow
 def test_extractors_read_the_demo(tmp_path, text_encoder):
+    from featvlr.cache.store import FeatureStore
     from featvlr.extract.composed import extract_composed
     from featvlr.extract.precomp import extract_precomp
-    from featvlr.cache.store import FeatureStore
 
     root = make_demo_dataset(tmp_path / "d", seed=2, **TINY)
     src = demo_sources(root)

@@ -7,11 +7,10 @@ import json
 import h5py
 import numpy as np
 import pytest
-
-from featvlr.retrieval.metrics import cross_modal_recall
-from featvlr.cache.store import CacheWriter
-
 from synthetic import write_tiny_cache
+
+from featvlr.cache.store import CacheWriter
+from featvlr.retrieval.metrics import cross_modal_recall
 
 N_IMG, PER, D = 10, 5, 4
 
@@ -107,8 +106,8 @@ def test_relevance_file_read_like_extract(files, cli):
 def test_checkpoint_run(files, tmp_path, cli):
     import torch
 
-    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.methods.base import FeatureDims
     from featvlr.methods.registry import create_method
 
@@ -205,8 +204,8 @@ def test_composed_embeddings_and_cirr_submission(tmp_path, cli):
 @pytest.mark.parametrize("value", ["-1", "-5"])
 def test_negative_examples_is_refused_before_any_work(files, tmp_path, cli, value):
     """`--examples -1` is one line naming --examples, exit 2, before anything is evaluated or written."""
-    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.methods.base import FeatureDims
     from featvlr.methods.registry import create_method
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import write_synthetic_cache
 
 from featvlr.cache.store import CacheWriter, FeatureStore
 from featvlr.config import load_config
@@ -26,8 +27,6 @@ from featvlr.methods.base import FeatureDims, Method
 from featvlr.tasks import evaluate_method, get_task
 from featvlr.training.run_eval import dev_metrics
 from featvlr.training.trainer import feature_dims
-
-from synthetic import write_synthetic_cache
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

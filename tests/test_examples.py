@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import torch
-
-from featvlr.inference.examples import example_queries, write_examples
-from featvlr.evaluation.methods import save_query_ranks
-from featvlr.evaluation.options import EvalOptions
-
 from test_inference import _direct_model, vse_run  # noqa: F401  (the fixture)
 from test_mlcl import make_method, write_composed_cache
+
+from featvlr.evaluation.methods import save_query_ranks
+from featvlr.evaluation.options import EvalOptions
+from featvlr.inference.examples import example_queries, write_examples
 
 
 def test_ranks_on_the_page_are_the_evaluations(vse_run, tmp_path):  # noqa: F811

@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from doc_toy import PACKAGE_FILE, toy_source
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
+from featvlr.cache.store import FeatureStore
 from featvlr.core.errors import ConfigError, InputError
 from featvlr.extract.composed import extract_composed, fashioniq_caption, fashioniq_variants
-from featvlr.cache.store import FeatureStore
 
 DG = 12
 

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from featvlr.cache.store import FeatureStore
 from featvlr.core.errors import ConfigError, InputError
 from featvlr.extract.images import extract_images, read_karpathy
-from featvlr.cache.store import FeatureStore
 
 N_SPLIT = {"train": 14, "val": 6, "test": 6, "restval": 4}
 

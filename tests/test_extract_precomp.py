@@ -5,10 +5,10 @@ import h5py
 import numpy as np
 import pytest
 
-from featvlr.core.errors import ConfigError, InputError
-from featvlr.retrieval.relevance import rouge_l
-from featvlr.extract.precomp import extract_precomp
 from featvlr.cache.store import FeatureStore
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.extract.precomp import extract_precomp
+from featvlr.retrieval.relevance import rouge_l
 
 WORDS = "a the dog cat man woman runs sits on in grass red blue big small near water".split()
 

@@ -9,12 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from synthetic import write_tiny_cache
 
 from featvlr.evaluation.cross_modal import evaluate_cross_modal, first_suffix
 from featvlr.evaluation.ensemble import mean_sims
 from featvlr.evaluation.options import EvalOptions, protocol_first_images
-
-from synthetic import write_tiny_cache
 
 
 def naive_recall(sims: np.ndarray, txt2img: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -112,8 +111,8 @@ def test_mean_sims():
 
 
 def _vse_run(path, cache, seed, d):
-    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.config import config_from_dict, config_to_dict
+    from featvlr.core.checkpoint import save_checkpoint
     from featvlr.methods.base import FeatureDims
     from featvlr.methods.registry import create_method
 
@@ -129,8 +128,8 @@ def _vse_run(path, cache, seed, d):
 
 
 def test_ensemble_of_two_runs(tmp_path, cli):
-    from featvlr.evaluation.embed import embed_split
     from featvlr.cache.store import FeatureStore
+    from featvlr.evaluation.embed import embed_split
 
     cache = write_tiny_cache(tmp_path / "tiny.h5", n_img=10, per=5, d=4, rng=0)
     runs = [tmp_path / "run_a", tmp_path / "run_b"]

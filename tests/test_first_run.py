@@ -62,9 +62,9 @@ def test_demo_checks_options_before_any_work(cli, tmp_path, args, first_line):
 def test_demo_with_fewer_epochs_than_done_names_the_option_before_announcing_work(cli, tmp_path, args, typed):
     """After a finished 8-epoch demo, asking for fewer epochs is refused under the option typed,
     before any "resuming" line and before the dataset is built."""
-    from featvlr.core.checkpoint import save_checkpoint
-    from featvlr.config import save_config
     from featvlr.app.demo import demo_config
+    from featvlr.config import save_config
+    from featvlr.core.checkpoint import save_checkpoint
 
     out = tmp_path / "X"
     run = out / "runs" / "demo_vse"
@@ -125,9 +125,9 @@ def test_interrupted_demo_build_leaves_what_was_there(tmp_path, monkeypatch):
     import os
     import signal
 
+    import featvlr.extract.precomp as precomp
     from featvlr.app.demo import build_demo_caches
     from featvlr.core.errors import Interrupted
-    import featvlr.extract.precomp as precomp
 
     def stop(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
@@ -152,9 +152,8 @@ def test_interrupted_demo_build_leaves_what_was_there(tmp_path, monkeypatch):
 def composed_run(tmp_path_factory):
     """A 2-epoch MLCL run on the toy CIRR-layout cache (test1 without targets), through the CLI."""
     import yaml
-    from test_mlcl import write_composed_cache
-
     from conftest import run_cli_main
+    from test_mlcl import write_composed_cache
 
     root = tmp_path_factory.mktemp("composed_run")
     cache = write_composed_cache(root / "toy.h5")
@@ -374,13 +373,16 @@ def test_scoring_a_submission_gives_the_evaluations_metrics(tmp_path):
     them, give exactly the metrics the evaluation computes on that split."""
     import json
 
-    import numpy as np
     import torch
     from test_mlcl import write_composed_cache
 
-    from featvlr.evaluation.composed import cirr_submission, evaluate_composed, score_cirr_submission, \
-        write_cirr_submission
     from featvlr.cache.store import FeatureStore
+    from featvlr.evaluation.composed import (
+        cirr_submission,
+        evaluate_composed,
+        score_cirr_submission,
+        write_cirr_submission,
+    )
 
     split = FeatureStore(write_composed_cache(tmp_path / "toy.h5", n_sets=(2, 12))).split("val")
     comp, names = split.composed(), split.image_ids()

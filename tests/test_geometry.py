@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import write_synthetic_cache
 
 from featvlr.config import load_config
 from featvlr.evaluation.geometry import collapse_warning, embedding_geometry, mean_pairwise_cosine
 from featvlr.training.notes import run_warnings
 from featvlr.training.trainer import train
-
-from synthetic import write_synthetic_cache
 
 
 def test_mean_pairwise_cosine_matches_the_full_matrix():

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from synthetic import write_synthetic_cache
 
-from featvlr.inference.loading import load_method
 from featvlr.config import load_config
+from featvlr.evaluation.scenarios import evaluate_cross_modal
+from featvlr.inference.loading import load_method
 from featvlr.losses import ConsistentMultimodalContrastiveLoss, HingeLoss
 from featvlr.methods.base import FeatureDims, StepState
 from featvlr.methods.gls import GLS, GLSLossOptions, GLSModelOptions
@@ -21,7 +22,6 @@ from featvlr.retrieval import (
     ShortlistRerankScores,
     ranks,
 )
-from featvlr.evaluation.scenarios import evaluate_cross_modal
 from featvlr.training.trainer import train
 
 DIMS = FeatureDims(region_dim=12, n_regions=5, text_dim=10)

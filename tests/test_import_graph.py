@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import featvlr
 
 PACKAGE_DIR = Path(featvlr.__file__).resolve().parent

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import write_synthetic_cache
+from test_extract_precomp import make_precomp
+from test_mlcl import make_method, write_composed_cache
 
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.composed import cirr_submission
@@ -16,11 +20,6 @@ from featvlr.inference import RetrievalModel, rank_queries
 from featvlr.methods import create_method
 from featvlr.methods.base import FeatureDims
 from featvlr.retrieval import ranks_from_topk
-from featvlr.cache.store import FeatureStore
-
-from synthetic import write_synthetic_cache
-from test_extract_precomp import make_precomp
-from test_mlcl import make_method, write_composed_cache
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import write_synthetic_cache
+from test_mlcl import write_composed_cache
 
 from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
@@ -23,9 +25,6 @@ from featvlr.data.composed import ComposedBatches
 from featvlr.methods import StepState, create_method, get_method, list_methods
 from featvlr.methods.base import TEXT_KEYS, FeatureDims
 from featvlr.training.trainer import feature_dims
-
-from synthetic import write_synthetic_cache
-from test_mlcl import write_composed_cache
 
 METHODS = [n for n in list_methods() if get_method(n).__module__.startswith("featvlr.")]
 BATCHES = {"cross_modal": CaptionBatches, "composed": ComposedBatches}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
+from synthetic import write_synthetic_cache, write_synthetic_config
+
 from featvlr.config import load_config
 from featvlr.demo import DEMO_DEFAULTS
 from featvlr.demo.captions import CAPTIONS_PER_IMAGE
-
-from synthetic import write_synthetic_cache, write_synthetic_config
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from featvlr.cache.store import CacheWriter, FeatureStore
 from featvlr.config import config_from_dict, load_config
-from featvlr.data.composed import ComposedBatches, iter_query_batches, read_queries
 from featvlr.core.errors import ConfigError, FeatvlrError, InputError
+from featvlr.data.composed import ComposedBatches, iter_query_batches, read_queries
 from featvlr.evaluation.composed import evaluate_composed_method, resolve_composed_protocol
 from featvlr.losses.mlcl import ComposedContrastiveLoss, MultiLevelContrastiveLoss, in_batch_cross_entropy
 from featvlr.methods import StepState, create_method
 from featvlr.methods.base import FeatureDims
-from featvlr.retrieval.metrics import composed_recall
 from featvlr.modules.combiner import Combiner, MultiLevelCombiner
-from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.retrieval.metrics import composed_recall
 
 # --------------------------------------------------------------------------------------
 # a tiny learnable composed cache (CIRR layout): target = reference + the edit the text states

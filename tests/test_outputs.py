@@ -8,14 +8,13 @@ import json
 
 import pytest
 import yaml
+from synthetic import write_synthetic_cache
 
 from featvlr import __version__
 from featvlr.core.checkpoint import load_checkpoint
+from featvlr.core.runlog import _Bar
 from featvlr.evaluation.plots import scenario_panels
 from featvlr.evaluation.results import clean_number
-from featvlr.core.runlog import _Bar
-
-from synthetic import write_synthetic_cache
 
 
 @pytest.fixture(scope="module")

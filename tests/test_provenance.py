@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-
-from featvlr.core.checkpoint import load_checkpoint
-from featvlr.config import load_config
-from featvlr.core.errors import InputError
-from featvlr.config.provenance import config_differences, config_hash
-from featvlr.training.trainer import train
-
 from synthetic import write_synthetic_cache
+
+from featvlr.config import load_config
+from featvlr.config.provenance import config_differences, config_hash
+from featvlr.core.checkpoint import load_checkpoint
+from featvlr.core.errors import InputError
+from featvlr.training.trainer import train
 
 
 @pytest.fixture(scope="module")

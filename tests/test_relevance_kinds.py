@@ -8,15 +8,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
-from featvlr.core.errors import ConfigError
-from featvlr.evaluation.cross_modal import evaluate_cross_modal
-from featvlr.retrieval.relevance import parse_relevance_specs
-from featvlr.extract.precomp import extract_precomp
-from featvlr.cache.store import FeatureStore
-
 from synthetic import write_tiny_cache
 from test_extract_precomp import make_precomp
+
+from featvlr.cache.store import FeatureStore
+from featvlr.core.errors import ConfigError
+from featvlr.evaluation.cross_modal import evaluate_cross_modal
+from featvlr.extract.precomp import extract_precomp
+from featvlr.retrieval.relevance import parse_relevance_specs
 
 
 def naive_ndcg_exp(scores: np.ndarray, rel: np.ndarray, k: int) -> float:

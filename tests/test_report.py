@@ -12,13 +12,12 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from synthetic import write_synthetic_cache
 
-from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 from featvlr.config import config_to_dict
 from featvlr.report import group_variants, load_run, write_report
 from featvlr.report.stats import column_order, headline_columns
-
-from synthetic import write_synthetic_cache
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 
 METRICS = {"i2t/R@1": 10.0, "i2t/R@10": 50.0, "i2t/R@5": 30.0, "t2i/R@1": 8.0, "t2i/R@5": 25.0,
            "t2i/R@10": 40.0, "rsum": 163.0, "i2t/medr": 11.0, "i2i/ndcg_lin@20": 0.6, "i2i/ndcg_lin@10": 0.5,

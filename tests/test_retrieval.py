@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import write_tiny_cache
 
+from featvlr.cache.store import FeatureStore
 from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.embed import concat_outputs, embed_split
 from featvlr.retrieval import (
@@ -20,9 +22,6 @@ from featvlr.retrieval import (
     rows_per_block,
     topk,
 )
-from featvlr.cache.store import FeatureStore
-
-from synthetic import write_tiny_cache
 
 
 def int_embeddings(rng, n, d=8):

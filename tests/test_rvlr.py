@@ -13,20 +13,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from synthetic import write_synthetic_cache
 
 import featvlr.methods.teachers as teachers
-from featvlr.core.checkpoint import resolve_checkpoint
-from featvlr.inference.loading import load_method
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
-from featvlr.data import CaptionBatches
+from featvlr.core.checkpoint import resolve_checkpoint
 from featvlr.core.errors import ConfigError
+from featvlr.data import CaptionBatches
+from featvlr.inference.loading import load_method
 from featvlr.losses.distill import DISTANCES, RepresentationDistillation, StructureDistillation, wasserstein_1d
 from featvlr.losses.structure import off_diagonal
 from featvlr.methods import StepState, create_method, get_method
-from featvlr.cache.store import FeatureStore
 from featvlr.training.trainer import feature_dims, train
-
-from synthetic import write_synthetic_cache
 
 
 @pytest.fixture(scope="module")

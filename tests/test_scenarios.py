@@ -7,23 +7,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from synthetic import write_tiny_cache
 
+from featvlr.cache.store import CacheWriter, FeatureStore
 from featvlr.core.errors import FeatvlrError
-from featvlr.methods.base import FeatureDims, Method
-from featvlr.retrieval.metrics import composed_recall, cross_modal_recall
 from featvlr.evaluation.scenarios import (
+    EvalOptions,
     cirr_submission,
     evaluate_composed,
-    EvalOptions,
     evaluate_cross_modal,
     first_captions,
     parse_scenarios,
     write_cirr_submission,
 )
-from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.methods.base import FeatureDims, Method
+from featvlr.retrieval.metrics import composed_recall, cross_modal_recall
 from featvlr.tasks import evaluate_method
-
-from synthetic import write_tiny_cache
 
 
 def loop_ndcg(S: np.ndarray, REL: np.ndarray, exclude: list[list[int]], k: int, gain: str) -> float:

@@ -8,7 +8,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from test_inference import vse_run  # noqa: F401  (the fixture)
 
 RECORD_KEYS = {"run", "checkpoint", "method", "cache", "split", "k", "backend", "query", "results"}

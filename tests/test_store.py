@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featvlr.core.errors import InputError
 from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.core.errors import InputError
 
 
 def write_small_cache(path, *, n_img=3, overwrite=False, nan=False):

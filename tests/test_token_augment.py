@@ -6,12 +6,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from test_data_path import write_cache
 
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
 from featvlr.data.captions import augment_tokens, token_positions
-from featvlr.cache.store import FeatureStore
-from test_data_path import write_cache
 
 
 @pytest.fixture(scope="module")

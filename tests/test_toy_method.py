@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from doc_toy import load_toy_method
+from synthetic import write_synthetic_cache
 
 from featvlr.config import load_config
 from featvlr.core.errors import ConfigError
 from featvlr.inference.loading import load_method
 from featvlr.methods import get_method, list_methods
 from featvlr.training.trainer import train
-
-from doc_toy import load_toy_method
-from synthetic import write_synthetic_cache
 
 toy = load_toy_method()
 

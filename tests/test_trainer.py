@@ -10,17 +10,16 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from featvlr.core.checkpoint import load_checkpoint
-from featvlr.inference.loading import load_method
-from featvlr.config import load_config
-from featvlr.data import CaptionBatches
-from featvlr.core.errors import ConfigError, InputError
-from featvlr.methods import Method, StepState, create_method, register_method
-from featvlr.cache.store import FeatureStore
-from featvlr.training.trainer import TrainingDiverged, feature_dims, train
-
 from synthetic import write_synthetic_cache
+
+from featvlr.cache.store import FeatureStore
+from featvlr.config import load_config
+from featvlr.core.checkpoint import load_checkpoint
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.data import CaptionBatches
+from featvlr.inference.loading import load_method
+from featvlr.methods import Method, StepState, create_method, register_method
+from featvlr.training.trainer import TrainingDiverged, feature_dims, train
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from synthetic import write_synthetic_cache, write_synthetic_config
 
 from featvlr.core.errors import ConfigError
 from featvlr.tuning.space import parse_dimension, parse_space
-
-from synthetic import write_synthetic_cache, write_synthetic_config
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,16 @@ import contextlib
 import json
 from pathlib import Path
 
-from benchmarks.common import (CIRR_KEYS, CONFIGS, epoch_records, pin_threads, print_cirr_table, read_truth,
-                               score_lists, truth_file)
+from benchmarks.common import (
+    CIRR_KEYS,
+    CONFIGS,
+    epoch_records,
+    pin_threads,
+    print_cirr_table,
+    read_truth,
+    score_lists,
+    truth_file,
+)
 from featvlr.config import load_config
 
 METHODS = ("combiner", "mlcl")
@@ -99,12 +107,12 @@ def level_scores(run_dir: Path, cache: Path, truth: dict[str, str]) -> dict[str,
     """``{query name: {"val": metrics, "test1": metrics}}`` of best.pt's level queries (:data:`LEVEL_QUERIES`)."""
     import torch
 
-    from featvlr.inference.loading import load_method
+    from featvlr.cache.store import FeatureStore
     from featvlr.data.composed import iter_query_batches
     from featvlr.evaluation.composed import cirr_submission, evaluate_composed
     from featvlr.evaluation.embed import embed_composed_split
+    from featvlr.inference.loading import load_method
     from featvlr.modules.combiner import unit
-    from featvlr.cache.store import FeatureStore
 
     method, _ = load_method(run_dir, which="best")
     store = FeatureStore(cache)

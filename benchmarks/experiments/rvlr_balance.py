@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import pin_threads, training_step
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
-from featvlr.methods import StepState, get_method
-from featvlr.cache.store import FeatureStore
+from featvlr.methods import StepState, create_method
 from featvlr.training.trainer import feature_dims
 
 BASE = "contrastive_loss"
@@ -53,7 +53,7 @@ def build(cache: Path, base: str, reduction: str, batch: int, seed: int):
                              f"loss.reduction={reduction}", f"train.batch_size={batch}", "data.test_split="])
     split = FeatureStore(cache).split(cfg.data.train_split)
     torch.manual_seed(seed)
-    method = get_method("rvlr")(cfg.model, cfg.loss, feature_dims(split))
+    method = create_method(cfg, dims=feature_dims(split))
     batches = CaptionBatches(split, batch_size=batch, seed=seed, region_dropout=cfg.data.region_dropout)
     batches.set_epoch(0)
     return method, batches, cfg

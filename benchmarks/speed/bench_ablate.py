@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import pin_threads
-from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
-from featvlr.config import save_config
 from featvlr.app.demo import build_demo_caches, find_config
+from featvlr.config import save_config
+from featvlr.tuning.ablate import parse_grid, plan_runs, run_ablation
 
 
 def main() -> None:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import pin_threads, proc_status
-from featvlr.retrieval.metrics import cross_modal_recall
-from featvlr.retrieval import DenseScores, EmbeddingScores, faiss_search, group_positives, ranks, ranks_from_topk, topk
 from featvlr.evaluation.scenarios import evaluate_cross_modal
+from featvlr.retrieval import DenseScores, EmbeddingScores, faiss_search, group_positives, ranks, ranks_from_topk, topk
+from featvlr.retrieval.metrics import cross_modal_recall
 
 
 def measure(fn):

@@ -89,9 +89,9 @@ class RssSampler:
 
 
 def part1(args, work: Path) -> None:
+    from featvlr.cache.store import FeatureStore
     from featvlr.extract.precomp import extract_precomp
     from featvlr.extract.text_encoder import TextEncoder
-    from featvlr.cache.store import FeatureStore
 
     n, cpi = args.images, 5
     root = work / "f30k_precomp"

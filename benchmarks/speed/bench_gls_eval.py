@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import pick_device, pin_threads, sync
+from featvlr.evaluation.scenarios import evaluate_cross_modal, pairwise_score_fn
 from featvlr.methods.base import FeatureDims
 from featvlr.methods.gls import GLS, GLSLossOptions, GLSModelOptions
-from featvlr.evaluation.scenarios import evaluate_cross_modal, pairwise_score_fn
 
 
 def encoded_split(n_images: int, d: int, device: torch.device, seed: int = 0):
@@ -49,7 +49,7 @@ def encoded_split(n_images: int, d: int, device: torch.device, seed: int = 0):
 
 
 def run_mode(method: GLS, images, texts, split=None, **kwargs) -> tuple[dict[str, float], float]:
-    """Score and rank i2t + t2i as :func:`featvlr.evaluation.scenarios.evaluate_method` does for the
+    """Score and rank i2t + t2i as :class:`featvlr.evaluation.evaluators.CrossModalEvaluator` does for the
     method's mode: ``(metrics, seconds)``."""
     device = images["mask" if "mask" in images else "global"].device
     if split is None:
@@ -68,9 +68,9 @@ def run_mode(method: GLS, images, texts, split=None, **kwargs) -> tuple[dict[str
 
 
 def evaluate_runs(runs: list[str], extra_gl: list[str], device: torch.device, split_name: str = "") -> None:
-    from featvlr.inference.loading import load_method
-    from featvlr.evaluation.embed import embed_split
     from featvlr.cache.store import FeatureStore
+    from featvlr.evaluation.embed import embed_split
+    from featvlr.inference.loading import load_method
 
     rows: dict[str, list[tuple[float, float, float]]] = {}
     print(f"{'run':<28} {'mode':<12} {'rsum':>7} {'encode s':>9} {'score+rank s':>13}")

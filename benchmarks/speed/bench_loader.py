@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import f30k_cache, peak_rss_mib, pick_device, pin_threads, sync
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.data import BatchStream, CaptionBatches, region_batch, text_batch, to_tensors
-from featvlr.methods import StepState, get_method
-from featvlr.cache.store import FeatureStore
+from featvlr.methods import StepState, create_method
 from featvlr.training.trainer import feature_dims
 
 
@@ -103,7 +103,7 @@ def main() -> None:
 
         # the bare vse step at these shapes, on batches built beforehand
         cfg = load_config(None, ["model.embed_dim=1024"])
-        method = get_method("vse")(cfg.model, cfg.loss, feature_dims(split)).to(device)
+        method = create_method(cfg, dims=feature_dims(split)).to(device)
         opt = torch.optim.AdamW(method.parameters(), lr=5e-4)
         batches = CaptionBatches(split, batch_size=args.batch, seed=0, region_dropout=0.2, placement="memory")
         pre = [{k: v.to(device) for k, v in batches[b].items()} for b in range(6)]

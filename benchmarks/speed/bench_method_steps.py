@@ -38,10 +38,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import CONFIGS, f30k_cache, pin_threads, training_step
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
-from featvlr.methods import StepState, get_method
-from featvlr.cache.store import FeatureStore
+from featvlr.methods import StepState, create_method
 from featvlr.training.trainer import feature_dims
 
 # name -> (config method, extra overrides, StepState keyword arguments)
@@ -59,7 +59,7 @@ def build_method(name: str, family: str, embed: int, dims, device: torch.device)
     method_name, extra, state_kw = VARIANTS[name]
     cfg = load_config(CONFIGS / f"{family}_{method_name}.yaml", [f"model.embed_dim={embed}", *extra])
     torch.manual_seed(0)
-    method = get_method(cfg.method)(cfg.model, cfg.loss, dims).to(device).train()
+    method = create_method(cfg, dims=dims).to(device).train()
     if name == "gls_s2":  # a stage 2 on a (here untrained) stage 1, as after its stage-1 run
         method.stage1_ready.fill_(True)
     return method, StepState(steps_per_epoch=1000, **state_kw)

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import pick_device, pin_threads, sync, training_step
+from featvlr.cache.store import CacheWriter, FeatureStore
 from featvlr.config import config_from_dict
 from featvlr.data import move_to
-from featvlr.evaluation.composed import evaluate_composed_method
 from featvlr.data.composed import ComposedBatches
-from featvlr.methods import StepState, get_method
-from featvlr.cache.store import CacheWriter, FeatureStore
+from featvlr.evaluation.composed import evaluate_composed_method
+from featvlr.methods import StepState, create_method
 from featvlr.training.trainer import feature_dims
 
 
@@ -61,7 +61,7 @@ def bench(name: str, cache: Path, *, batch: int, epochs: int, device: torch.devi
     store = FeatureStore(cache)
     split = store.split("train").load_in_memory()
     torch.manual_seed(0)
-    method = get_method(name)(cfg.model, cfg.loss, feature_dims(split)).to(device)
+    method = create_method(cfg, dims=feature_dims(split)).to(device)
     batches = ComposedBatches(split, batch_size=batch, seed=0)
     opt = torch.optim.AdamW(method.param_groups(2e-5, 0.0), lr=2e-5, weight_decay=0.0)
     step = training_step(method, opt, amp=device.type == "cuda", clip=None)

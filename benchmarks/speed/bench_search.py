@@ -40,10 +40,10 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
 def encode_latency(dim: int, n: int) -> list[float]:
     """Milliseconds of one caption through the text encoder and a vse head, ``n`` times."""
     from featvlr.config import load_config
+    from featvlr.extract.text_encoder import TextEncoder
     from featvlr.inference.text import captions_batch
     from featvlr.methods import get_method
     from featvlr.methods.base import FeatureDims
-    from featvlr.extract.text_encoder import TextEncoder
 
     enc = TextEncoder(device="cpu", batch_size=1)
     cfg = load_config(None, ["method=vse", f"model.embed_dim={dim}"])

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from benchmarks.common import pin_threads, write_f30k_shaped
+from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
 from featvlr.data import CaptionBatches
-from featvlr.methods import StepState, get_method
-from featvlr.cache.store import FeatureStore
+from featvlr.methods import StepState, create_method
 from featvlr.training.trainer import feature_dims, train
 
 
@@ -53,7 +53,7 @@ def main() -> None:
 
         # 2. the bare step over pre-built batches
         torch.manual_seed(0)
-        method = get_method("vse")(cfg.model, cfg.loss, feature_dims(split))
+        method = create_method(cfg, dims=feature_dims(split))
         opt = torch.optim.AdamW(method.parameters(), lr=5e-4, weight_decay=1e-4)
         state = StepState(epoch=1)
         for b in prebuilt[:2]:  # warm-up

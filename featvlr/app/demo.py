@@ -183,8 +183,8 @@ def _check_demo_resume(run_dir: Path, cfg, epochs: int | None, overrides: list[s
     """Before any work: a finished (or stopped) demo run is resumed only with at least the
     epochs it has done, and with the config it was trained with. Fewer epochs are refused
     under the option that asked for them (``--epochs 4``, ``--set train.epochs=4``)."""
-    from featvlr.core.errors import ConfigError
     from featvlr.config.provenance import check_run_config
+    from featvlr.core.errors import ConfigError
     from featvlr.training.guard import saved_state
 
     done, _ = saved_state(run_dir)

@@ -266,11 +266,11 @@ def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: 
                       inputs: dict) -> tuple[dict, Any, Any, Path]:
     """The metrics of the mean of the members' similarity matrices on one split (each member
     on its own config's cache unless ``cache`` is given), and each member's own metrics."""
-    from featvlr.inference.loading import load_method
+    from featvlr.cache.store import FeatureStore
     from featvlr.evaluation.cross_modal import CrossModalScores, cross_modal_metrics
     from featvlr.evaluation.ensemble import check_same_split, method_sims
     from featvlr.evaluation.results import checkpoint_config_hash
-    from featvlr.cache.store import FeatureStore
+    from featvlr.inference.loading import load_method
     from featvlr.tasks import get_task
 
     if chosen is not None and any(s not in ("i2t", "t2i") for s in chosen):
@@ -313,14 +313,14 @@ def _ensemble_metrics(members: list[Path], cache: str | Path | None, relevance: 
 
 def _check_task_scenarios(method: Any, chosen: list[str]) -> None:
     """Refuse scenarios of the other task, naming the methods that provide them."""
-    from featvlr.methods.registry import get_method, list_methods
+    from featvlr.methods.registry import list_methods
 
     task = getattr(method, "task", "cross_modal")
     other = [s for s in chosen if (s == "composed") != (task == "composed")]
     if not other:
         return
     wanted = "composed" if other[0] == "composed" else "cross_modal"
-    providers = [m for m in list_methods() if getattr(get_method(m), "task", "cross_modal") == wanted]
+    providers = list_methods(task=wanted)
     name = getattr(method, "name", type(method).__name__)
     raise FeatvlrError(f"scenario {other[0]} needs a {wanted.replace('_', '-')} method "
                        f"({', '.join(providers) or 'none registered'}); this run is {name!r}, a "

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featvlr.core import distributed as dist_utils
 from featvlr.config import Config, load_config
+from featvlr.core import distributed as dist_utils
 from featvlr.core.device import pick_device
 from featvlr.core.errors import InputError
 from featvlr.training.trainer import TrainResult, train

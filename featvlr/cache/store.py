@@ -35,9 +35,8 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from featvlr.core.errors import InputError
-
 from featvlr.cache.writer import FORMAT_VERSION, STR_DTYPE, CacheWriter, row_chunks  # noqa: F401  (re-exported)
+from featvlr.core.errors import InputError
 
 READABLE_VERSIONS = (1,)
 

@@ -104,8 +104,8 @@ def precomp(
 
     Example: featvlr extract precomp --root data/f30k_precomp --out features/f30k.h5
     """
-    from featvlr.retrieval.relevance import ROUGE_TOKENS
     from featvlr.extract.precomp import default_out_path, extract_precomp
+    from featvlr.retrieval.relevance import ROUGE_TOKENS
 
     path = _interruptible(out or default_out_path(root), lambda: extract_precomp(
         root, out, splits=_split_list(splits), text_model=text_model, dtype=dtype.value, overwrite=overwrite,

@@ -27,7 +27,6 @@ from featvlr.core.errors import ConfigError, InputError
 from featvlr.core.fileio import atomic_write_text
 from featvlr.core.schema import check_value, choice, number, rule_of
 
-
 # Scenario names (featvlr.evaluation.options.SCENARIOS, which sits above the config).
 SCENARIO_NAMES = ("i2t", "t2i", "i2i", "t2t", "i2it", "t2it", "composed")
 

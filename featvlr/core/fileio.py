@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
 NPY_MAGIC = b"\x93NUMPY"
 
 

@@ -106,8 +106,8 @@ def iter_text_batches(split: StoreSplit, batch_size: int = 256, device: torch.de
         yield move_to(to_tensors(batch), device)
 
 
-from featvlr.data.seeded import SeededBatches  # noqa: E402  (re-exported)
 from featvlr.data.captions import CaptionBatches  # noqa: E402
+from featvlr.data.seeded import SeededBatches  # noqa: E402  (re-exported)
 from featvlr.data.stream import BatchStream  # noqa: E402
 
 __all__ = ["BatchStream", "CaptionBatches", "SeededBatches", "iter_image_batches", "iter_text_batches", "move_to",

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featvlr.data import SeededBatches, move_to, to_tensors
-from featvlr.core.errors import InputError
 from featvlr.cache.store import StoreSplit, _take
+from featvlr.core.errors import InputError
+from featvlr.data import SeededBatches, move_to, to_tensors
 
 # Cached augmented views are read into RAM when they take at most this many bytes.
 AUG_IN_MEMORY_BYTES = 2 << 30

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from featvlr.core.errors import ConfigError, InputError
+from featvlr.core.fileio import atomic_dir
 from featvlr.demo.composed import SET_SIZE
 from featvlr.demo.vocabulary import ATTRIBUTES, CATEGORIES, RELATIONS, SCENES
 from featvlr.demo.writers import (
@@ -19,8 +21,6 @@ from featvlr.demo.writers import (
     generate,
     readme,
 )
-from featvlr.core.errors import ConfigError, InputError
-from featvlr.core.fileio import atomic_dir
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "seed": 0,

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from featvlr.cache.store import FeatureStore, StoreSplit
 from featvlr.core.errors import FeatvlrError, InputError
+from featvlr.core.fileio import atomic_write_text
 from featvlr.evaluation.embed import embed_composed_split
 from featvlr.evaluation.options import COMPOSED_PROTOCOLS, parse_scenarios
-from featvlr.core.fileio import atomic_write_text
-from featvlr.retrieval.metrics import composed_summary, recall_curve
 from featvlr.retrieval import (
     DEFAULT_CHUNK_ELEMENTS,
     EmbeddingScores,
@@ -34,7 +34,7 @@ from featvlr.retrieval import (
     ranks_within,
     topk,
 )
-from featvlr.cache.store import FeatureStore, StoreSplit
+from featvlr.retrieval.metrics import composed_summary, recall_curve
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 

@@ -16,8 +16,6 @@ from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.options import BACKENDS, CROSS_MODAL, UNI_AND_MIXED, EvalOptions, parse_scenarios
 from featvlr.evaluation.split_data import SplitData, n_rows
 from featvlr.evaluation.unimodal import uni_and_mixed
-from featvlr.retrieval.metrics import average_folds, fold_texts, iter_folds, ndcg_key, recall_curve, recall_from_ranks
-from featvlr.retrieval.relevance import kind_suffix
 from featvlr.retrieval import (
     DEFAULT_CHUNK_ELEMENTS,
     DenseScores,
@@ -34,6 +32,8 @@ from featvlr.retrieval import (
     ranks_from_topk,
     rerank_from_score_fn,
 )
+from featvlr.retrieval.metrics import average_folds, fold_texts, iter_folds, ndcg_key, recall_curve, recall_from_ranks
+from featvlr.retrieval.relevance import kind_suffix
 
 
 def _folds_tuple(folds: int | Sequence[int]) -> tuple[int, ...]:

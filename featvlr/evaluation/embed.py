@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from featvlr.core.errors import FeatvlrError
 from featvlr.data import iter_image_batches, iter_text_batches
 from featvlr.data.composed import ComposedQueries, iter_query_batches, read_queries
-from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval import as_index
 
 

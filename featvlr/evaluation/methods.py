@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from featvlr.core.fileio import atomic_path
 from featvlr.evaluation.embed import embed_split
 from featvlr.evaluation.options import EvalOptions
-from featvlr.core.fileio import atomic_path
 from featvlr.retrieval import EmbeddingScores, group_positives, ranks
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from featvlr import __version__
+from featvlr.core.fileio import atomic_write_text
 from featvlr.evaluation.options import protocol_first_images, protocol_folds, protocol_record
 from featvlr.evaluation.plots import group_metrics, plot_results
-from featvlr.core.fileio import atomic_write_text
 
 
 def _device_name(device: str) -> str:
@@ -101,8 +101,8 @@ def checkpoint_config_hash(path: str | Path) -> str | None:
     """The ``config_sha256`` a run folder's (``ckpt/best.pt``) or a checkpoint file's weights
     were trained with; computed from its stored config for checkpoints written before the
     hash was stored; None when the checkpoint holds no config."""
-    from featvlr.core.checkpoint import load_checkpoint, resolve_checkpoint
     from featvlr.config.provenance import config_hash
+    from featvlr.core.checkpoint import load_checkpoint, resolve_checkpoint
 
     ckpt = load_checkpoint(resolve_checkpoint(path))
     if ckpt.get("config_sha256"):

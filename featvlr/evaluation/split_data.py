@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from featvlr.core.errors import FeatvlrError
-from featvlr.retrieval.metrics import default_txt2img
 from featvlr.retrieval import as_index, as_tensor
+from featvlr.retrieval.metrics import default_txt2img
 
 
 def first_captions(txt2img: np.ndarray, n_images: int) -> np.ndarray:

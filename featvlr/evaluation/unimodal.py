@@ -9,8 +9,8 @@ import torch
 
 from featvlr.core.errors import FeatvlrError
 from featvlr.evaluation.split_data import SplitData, first_captions
-from featvlr.retrieval.metrics import ndcg_key
 from featvlr.retrieval import EmbeddingScores, group_positives, ndcg_multi
+from featvlr.retrieval.metrics import ndcg_key
 
 
 def uni_and_mixed(img: torch.Tensor, txt: torch.Tensor, data: SplitData, scenarios: list[str], *,

@@ -36,8 +36,8 @@ def load(run: str | os.PathLike, *, device: str | torch.device = "auto", which: 
         text_model: the text encoder folder (default: the one the cache records).
     """
     from featvlr.core.checkpoint import resolve_checkpoint
-    from featvlr.inference.loading import load_method
     from featvlr.core.device import pick_device
+    from featvlr.inference.loading import load_method
 
     path = Path(run)
     if not path.exists():

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from featvlr.data import move_to, pad_tokens, to_tensors
 from featvlr.core.errors import FeatvlrError, InputError
+from featvlr.data import move_to, pad_tokens, to_tensors
 
 
 def text_model_folder(store: Any, override: str | os.PathLike | None = None) -> Path:

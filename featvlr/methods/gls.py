@@ -37,7 +37,7 @@ global vectors) in three modes, ``model.eval_mode``:
   shortlist is a **miss** (it takes the last rank, so medr/meanr count it as such); the
   reference code counts it as rank 0 (an R@1 hit), which inflates its GL numbers.
 
-The evaluator (:func:`featvlr.evaluation.methods.evaluate_cross_modal_method`) asks :meth:`GLS.shortlist_plan`
+The evaluator (:class:`featvlr.evaluation.evaluators.CrossModalEvaluator`) asks :meth:`GLS.shortlist_plan`
 which of the three to run; ``L`` goes through :meth:`GLS.score` block by block, ``GL``
 through :meth:`GLS.rerank_fn` (the shortlisted pairs, grouped by image).
 
@@ -402,7 +402,7 @@ class GLS(Method):
         return rerank
 
     def shortlist_plan(self, images: dict[str, torch.Tensor], texts: dict[str, torch.Tensor]) -> dict[str, Any] | None:
-        """How the evaluator should rank (the hook :func:`featvlr.evaluation.scenarios.evaluate_method` asks).
+        """How the evaluator should rank (the hook :class:`featvlr.evaluation.evaluators.CrossModalEvaluator` asks).
 
         - ``L``: None (every pair through :meth:`score`, block by block).
         - ``G``: ``{"images": g_v, "texts": g_t}``: global embeddings, dot product.

@@ -107,11 +107,17 @@ from featvlr.losses.structure import off_diagonal
 from featvlr.methods.base import FeatureDims, LoadRun, Method, Stage, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.registry import register_method
-from featvlr.methods.vse import (VSE, VSEEncoders, VSELossOptions, VSEModelOptions, build_cross_modal_loss,
-                                 cross_modal_loss)
+from featvlr.methods.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
+from featvlr.methods.vse import (
+    VSE,
+    VSEEncoders,
+    VSELossOptions,
+    VSEModelOptions,
+    build_cross_modal_loss,
+    cross_modal_loss,
+)
 from featvlr.modules import xavier_linear
 from featvlr.modules.precision import fp32_normalize, fp32_scores
-from featvlr.methods.teachers import IMAGE_SOURCES, TeacherTable, features_teacher, load_teacher_cache
 
 RELATIONS = ("text", "image", "both")
 # Where the structure term's student relations live: "fused" (an own head over each positive

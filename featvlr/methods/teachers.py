@@ -112,8 +112,8 @@ def compute_teacher_features(checkpoint: str | os.PathLike, feature_cache: str |
     ``load_run`` rebuilds the run (:data:`featvlr.methods.base.LoadRun`). Returns
     ``(image [N_img, d], text [N_txt, d], method name)`` as float32 arrays.
     """
-    from featvlr.data import iter_image_batches, iter_text_batches
     from featvlr.cache.store import FeatureStore
+    from featvlr.data import iter_image_batches, iter_text_batches
 
     dev = pick_device(device)
     method, cfg = load_run(checkpoint, dev)

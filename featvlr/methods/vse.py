@@ -24,7 +24,7 @@ from featvlr.methods.base import FeatureDims, Method, StepState
 from featvlr.methods.encoders import TowerEncoders
 from featvlr.methods.options import HingeOptions
 from featvlr.methods.registry import register_method
-from featvlr.modules import GPO, RegionProjection, maxk_pool, masked_mean
+from featvlr.modules import GPO, RegionProjection, masked_mean, maxk_pool
 from featvlr.modules.precision import fp32
 
 

@@ -9,8 +9,8 @@ from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval.ranking import _exclusion_mask
 from featvlr.retrieval.score_sources import ScoreSource, iter_blocks
 from featvlr.retrieval.tensors import (
-    DEFAULT_CHUNK_ELEMENTS,
     _NEG_INF,
+    DEFAULT_CHUNK_ELEMENTS,
     _check_range,
     _float,
     _index_matrix,

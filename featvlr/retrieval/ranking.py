@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from featvlr.retrieval.score_sources import ScoreSource, iter_blocks
-from featvlr.retrieval.tensors import DEFAULT_CHUNK_ELEMENTS, _NEG_INF, _check_range, _dedupe, _index_matrix, _row_count
+from featvlr.retrieval.tensors import _NEG_INF, DEFAULT_CHUNK_ELEMENTS, _check_range, _dedupe, _index_matrix, _row_count
 
 
 def ranks(source: ScoreSource, positives: Any, *, exclude: Any = None,

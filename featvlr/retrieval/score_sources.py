@@ -9,8 +9,8 @@ import torch
 
 from featvlr.core.errors import FeatvlrError
 from featvlr.retrieval.tensors import (
-    DEFAULT_CHUNK_ELEMENTS,
     _NEG_INF,
+    DEFAULT_CHUNK_ELEMENTS,
     _check_nan,
     _float,
     as_index,

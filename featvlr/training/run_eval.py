@@ -42,8 +42,8 @@ def write_eval(method, task, split, cfg: Config, device, path: str | Path, *,
     t0 = time.perf_counter()
     metrics = evaluate_method(method, split, options, task.run_scenarios(cfg.eval.scenarios), device, curves=curves,
                               submission_dir=Path(path).parent / "submission")
-    from featvlr.evaluation.geometry import collapse_warning
     from featvlr.config.provenance import config_hash
+    from featvlr.evaluation.geometry import collapse_warning
 
     notes = list(warnings or [])
     collapsed = collapse_warning(metrics)

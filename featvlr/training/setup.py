@@ -22,7 +22,7 @@ from featvlr.core.fileio import remove_stale_partials
 from featvlr.core.runlog import RunLogger
 from featvlr.inference.loading import load_method
 from featvlr.methods.base import FeatureDims, Method
-from featvlr.methods.registry import get_method
+from featvlr.methods.registry import create_method, get_method
 from featvlr.tasks import get_task
 from featvlr.training.guard import check_resumable, check_state_dict
 
@@ -179,7 +179,7 @@ def setup(cfg: Config, run_dir: Path, device: torch.device, *, resume: bool
     task.check_splits(store, cfg, select_split)
     placement = _placement(cfg, train_split, device)
     dims = feature_dims(train_split)
-    method = method_cls(cfg.model, cfg.loss, dims)
+    method = create_method(cfg, dims=dims)
     method.attach_runs(load_method)
     method = method.to(device)
     batches = task.build_batches(cfg, train_split, rank=rank, world=world, placement=placement, device=device)

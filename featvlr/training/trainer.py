@@ -50,8 +50,18 @@ from featvlr.methods.registry import get_method
 from featvlr.training.guard import nonfinite_inputs, remove_fresh_run, resume_command, saved_state
 from featvlr.training.notes import geometry_note, inactive_terms, run_warnings
 from featvlr.training.run_eval import dev_metrics, write_eval
-from featvlr.training.setup import (RunState, check_run_folder, epoch_seed, feature_dims, lr_factor, restore,
-                                    seed_everything, setup, wrap_model, open_log)
+from featvlr.training.setup import (
+    RunState,
+    check_run_folder,
+    epoch_seed,
+    feature_dims,
+    lr_factor,
+    open_log,
+    restore,
+    seed_everything,
+    setup,
+    wrap_model,
+)
 
 
 class TrainingDiverged(FeatvlrError):

@@ -4,6 +4,7 @@ whose worker died (SIGKILL, a lost machine) is failed by the next worker that st
 and re-queued once, with the same parameters, as a new trial (a new run folder)."""
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import warnings
@@ -35,6 +36,29 @@ def _with_driver(url: str) -> str:
     return url
 
 
+# What a worker sees when another one creates the same new database's tables at the same moment
+# (SQLite and PostgreSQL wording): retried, the tables then exist.
+_CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """For a SQLite file, an exclusive lock on ``<file>.lock`` while the storage opens (and
+    creates its tables): workers on one machine never race to create them."""
+    path = url.split(":///", 1)[-1] if url.startswith("sqlite") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
     """An :class:`optuna.storages.RDBStorage` on ``url`` (tables created when missing).
 
@@ -59,11 +83,12 @@ def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
     try:
         for attempt in range(6):
             try:
-                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, int(heartbeat_s)),
-                                  grace_period=max(2, int(2 * heartbeat_s)),
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+                with _creation_lock(url):
+                    return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=max(1, int(heartbeat_s)),
+                                      grace_period=max(2, int(2 * heartbeat_s)),
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
             except Exception as exc:  # two workers creating the tables of a new database at once
-                if attempt == 5 or "already exists" not in str(exc):
+                if attempt == 5 or not any(m in str(exc) for m in _CREATION_RACE):
                     raise
                 time.sleep(0.5 + attempt)
     except ModuleNotFoundError as exc:
