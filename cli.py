@@ -2,7 +2,7 @@
 
 The installed console script ``featvlr`` runs the same typer app (``featvlr.cli``).
 """
-from featvlr.cli import app, main
+from featvlr.cli import main
 
 if __name__ == "__main__":
     main()
