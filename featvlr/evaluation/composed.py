@@ -1,7 +1,8 @@
-"""Composed image retrieval (reference image + modifier text -> target image), ``METHODS.md``
-section 2.4: one protocol resolver, the FashionIQ category rule, the metrics of one gallery,
-the CIRR test-server files, and :func:`evaluate_composed_method`, the one composed
-evaluation (the trainer, ``featvlr eval`` on runs and on composed embeddings all use it).
+"""Composed image retrieval (reference image + modifier text -> target image), the CIRR,
+FashionIQ and Shoes protocols as CLIP4Cir and MLCL compute them: one protocol resolver, the
+FashionIQ category rule, the metrics of one gallery, the CIRR test-server files, and
+:func:`evaluate_composed_method`, the one composed evaluation (the trainer, ``featvlr eval`` on
+runs and on composed embeddings all use it).
 
 One split is one gallery. CIRR removes the reference and ranks the target among the other
 members of its image set for Rsubset@K; Shoes removes the reference (as MLCL does);
@@ -100,7 +101,7 @@ def _cirr_means(res: dict[str, float]) -> dict[str, float]:
 def evaluate_composed(query_emb: Any, gallery_emb: Any, composed: Mapping[str, Any], *, protocol: str = "auto",
                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
                       curves: dict[str, list[float]] | None = None) -> dict[str, float]:
-    """Composed image retrieval metrics of one split (one gallery), ``METHODS.md`` section 2.4.
+    """Composed image retrieval metrics of one split (one gallery), by the split's protocol.
 
     Args:
         query_emb: ``[n_queries, d]`` composed (reference + modifier) query embeddings.

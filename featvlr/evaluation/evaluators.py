@@ -70,8 +70,9 @@ class Evaluator:
 
 
 class CrossModalEvaluator(Evaluator):
-    """i2t and t2i (and the uni-modal and mixed scenarios) of a cross-modal method,
-    ``METHODS.md`` sections 2.1 and 2.3 (:func:`~featvlr.evaluation.cross_modal.cross_modal_metrics`).
+    """i2t and t2i (and the uni-modal and mixed scenarios) of a cross-modal method, by the
+    protocols of :mod:`featvlr.evaluation.scenarios`
+    (:func:`~featvlr.evaluation.cross_modal.cross_modal_metrics`).
 
     A method's ``shortlist_plan(images, texts)`` (GLS) says how to rank: ``None`` scores every
     pair with ``method.score`` block by block when the method is ``pairwise``;
@@ -133,7 +134,7 @@ COMPOSED_PRIMARY = {"cirr": "composed/arithmetic_mean", "fashioniq": "composed/a
 
 
 class ComposedEvaluator(Evaluator):
-    """Composed image retrieval of a composed method, ``METHODS.md`` section 2.4
+    """Composed image retrieval of a composed method, by the split's protocol
     (:func:`~featvlr.evaluation.composed.evaluate_composed_method`): the protocol of
     ``options.composed_protocol`` and ``options.dataset`` (CIRR, FashionIQ over its
     per-category splits, Shoes); on a CIRR split without targets the call writes the two

@@ -13,12 +13,12 @@ names are stable), plus ``rsum`` and ``r_mean`` at the top level when both i2t a
     t2t/..., t2t_nosiblings/..., i2it/..., t2it/...
     composed/R@1 ..., composed/Rsubset@1 ...           CIRR; FashionIQ: composed/dress_R@10 ...
 
-Protocols (``METHODS.md`` section 2; the differences from the peers' code are deliberate):
+Protocols (as the papers' code computes them; the differences from the peers' code are deliberate):
 
-- **i2t / t2i**: section 2.1; ties are pessimistic (:mod:`featvlr.retrieval`). COCO 1K is the
-  VSE-family 5-fold average (not the first 1000 images of RVLR/CoVLR).
-- **Uni-modal and mixed** (section 2.3), relevance from the ROUGE-L matrix ``R`` ``[n_texts,
-  n_images]``; ``first(a)`` is the first caption of image ``a``:
+- **i2t / t2i** (VSE++ / VSE-infinity's evaluation); ties are pessimistic (:mod:`featvlr.retrieval`).
+  COCO 1K is the VSE-family 5-fold average (not the first 1000 images of RVLR/CoVLR).
+- **Uni-modal and mixed** (CoVLR / RVLR's NDCG, TERAN's for t2t), relevance from the ROUGE-L matrix
+  ``R`` ``[n_texts, n_images]``; ``first(a)`` is the first caption of image ``a``:
 
   ========  ===================  ============================  ==========================================
   scenario  queries              gallery                       relevance of query a

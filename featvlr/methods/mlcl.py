@@ -1,8 +1,7 @@
 """``mlcl``: multi-level contrastive learning for composed (hybrid) retrieval.
 
 Zhao, Lu, Zhao, Wu and Lu, "Multi-level contrastive learning for hybrid cross-modal
-retrieval", ICASSP 2024 (code: JWargrave/MLCL, a CLIP4Cir fork). Frozen-feature version
-(featvlr ``METHODS.md`` Part A and 4.4).
+retrieval", ICASSP 2024 (code: JWargrave/MLCL, a CLIP4Cir fork), on frozen features.
 
 Model: :class:`~featvlr.modules.combiner.MultiLevelCombiner` over the frozen reference
 image feature ``I`` and modifier text feature ``T``: low ``f_s = n(I + T)``, mid

@@ -36,7 +36,7 @@ Loss, on the global batch (all ranks gathered)::
 
 with the paper's weights 1, 1, 2, 2, 1, 1 (its ``a..g`` minus ``b = 2`` for ITM).
 
-Differences from the paper code (its behaviour is described in METHODS.md, section 4.2):
+Differences from the paper's code:
 
 - **No ITM term.** The paper's ``2 * L_itm`` trains a cross-attention fusion encoder on
   hard negatives; featvlr's heads are a dual encoder over frozen features with no fusion
