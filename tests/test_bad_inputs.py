@@ -235,7 +235,8 @@ def test_bad_input(cli, world, tmp_path, args, code, needle, absent):
 
 def test_yes_no_options_train(cli, world, tmp_path):
     code, _, err = cli("train", "-c", world.vse, *[x for o in QUICK for x in ("--set", o)], "--set",
-                       "train.epochs=1", "--set", "data.in_memory=no", "--set", "data.on_device=no", "-o", tmp_path / "r")
+                       "train.epochs=1", "--set", "data.in_memory=no", "--set", "data.on_device=no",
+                       "-o", tmp_path / "r")
     assert code == 0, err
 
 

@@ -55,7 +55,8 @@ def reference_batch(path: Path, batches: CaptionBatches, b: int) -> dict[str, np
     caps = perm[b * batches.batch_size:(b + 1) * batches.batch_size]
     share = batches.batch_size // batches.world_size
     draws = np.random.default_rng([batches.seed, batches.epoch, b]).random((batches.batch_size, R))
-    caps, draws = caps[batches.rank * share:(batches.rank + 1) * share], draws[batches.rank * share:(batches.rank + 1) * share]
+    mine = slice(batches.rank * share, (batches.rank + 1) * share)
+    caps, draws = caps[mine], draws[mine]
     kept_lists = []
     for i, c in enumerate(caps):
         img = index[c]

@@ -56,7 +56,7 @@ def test_configs_citing_vse_infty_decay_all(name, expected):
 def test_hrem_image_projection_is_xavier_with_zero_bias():
     torch.manual_seed(0)
     m = HREM(HREMModelOptions(embed_dim=16, fragment_heads=4, graph_heads=4), HREMLossOptions(), DIMS)
-    linears = [l for l in m.encoders.image_proj.modules() if isinstance(l, nn.Linear)]
+    linears = [mod for mod in m.encoders.image_proj.modules() if isinstance(mod, nn.Linear)]
     assert len(linears) == 3
     for layer in linears:
         fan_out, fan_in = layer.weight.shape

@@ -333,7 +333,8 @@ def test_failure_leaves_no_folder(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [{"n_train": 0}, {"n_regions": 1}, {"region_dim": 4}, {"seed": -1},
-                                 {"n_aug": -1}, {"visual_noise": -0.5}, {"visual_noise": "high"}, {"cirr_pairs_per_set": {"train": 11, "val": 3, "test1": 3}}])
+                                 {"n_aug": -1}, {"visual_noise": -0.5}, {"visual_noise": "high"},
+                                 {"cirr_pairs_per_set": {"train": 11, "val": 3, "test1": 3}}])
 def test_bad_parameters(tmp_path, bad):
     with pytest.raises(ConfigError):
         make_demo_dataset(tmp_path / "d", **{**TINY, **bad})

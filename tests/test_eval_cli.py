@@ -80,7 +80,8 @@ def test_sims_with_relevance_file_and_raw_memmap(files, cli):
     ma, mb = json.loads((root / "a.json").read_text())["metrics"], json.loads((root / "b.json").read_text())["metrics"]
     assert ma == mb and "t2i/ndcg_exp@25" in ma
     assert not (root / "a_recall.png").exists()
-    emb = json.loads((root / "out" / "emb.json").read_text())["metrics"] if (root / "out" / "emb.json").exists() else None
+    emb_path = root / "out" / "emb.json"
+    emb = json.loads(emb_path.read_text())["metrics"] if emb_path.exists() else None
     if emb is not None:
         assert ma["i2t/ndcg_exp@25"] == pytest.approx(emb["i2t/ndcg_exp@25"])
 

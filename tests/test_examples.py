@@ -50,7 +50,8 @@ def test_uni_modal_and_mixed_sections_show_the_relevance_grade(vse_run):  # noqa
         assert len(items) == 3
         for item in items:
             assert len(item["hits"]) == 5
-            image = item["query"]["image_row"] if "image_row" in item["query"] else int(txt2img[item["query"]["text_row"]])
+            asked = item["query"]
+            image = asked["image_row"] if "image_row" in asked else int(txt2img[asked["text_row"]])
             for hit in item["hits"]:
                 if hit["kind"] == "image":  # an image's grade: the query image's first caption against it
                     assert hit["grade"] == np.float32(R[first[image], hit["row"]])

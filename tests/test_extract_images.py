@@ -68,7 +68,8 @@ def dataset(tmp_path_factory):
             (images / folder).mkdir(parents=True, exist_ok=True)
             im.save(images / folder / name)
             e = {"filename": name, "split": split, "imgid": k,
-                 "sentences": [{"raw": f"a {split} photo number {i} variant {c} ", "tokens": []} for c in range(5 + i % 3)]}
+                 "sentences": [{"raw": f"a {split} photo number {i} variant {c} ", "tokens": []}
+                               for c in range(5 + i % 3)]}
             if folder:
                 e["filepath"] = folder
             entries.append(e)

@@ -90,7 +90,8 @@ def test_first_block_on_a_matrix_with_teran_ndcg_and_uni_modal():
                                teran_ndcg=True, first_images=8)
     sub = evaluate_cross_modal(None, None, {"txt2img": txt2img[:40], "relevance": R[:40, :8]}, ["i2t", "t2i"],
                                sims=sims[:8, :40], teran_ndcg=True)
-    assert got == pytest.approx({**{k: v for k, v in got.items() if "_first8" not in k}, **_with_suffix(sub, "_first8")})
+    assert got == pytest.approx({**{k: v for k, v in got.items() if "_first8" not in k},
+                                 **_with_suffix(sub, "_first8")})
     for key, value in _with_suffix(naive_recall(sims[:8, :40], txt2img[:40]), "_first8").items():
         assert got[key] == pytest.approx(value), key
     uni = evaluate_cross_modal(img, txt, {"txt2img": txt2img, "relevance": R}, ["i2i", "t2t", "i2it", "t2it"],

@@ -95,15 +95,15 @@ def _mlp(x, layer):
 def test_combiner_matches_hand_written_formula():
     torch.manual_seed(0)
     comb = Combiner(feature_dim=8, projection_dim=16, hidden_dim=24).eval()
-    I, T = torch.randn(5, 8), torch.randn(5, 8)
-    t = F.relu(T @ comb.text_projection_layer.weight.T + comb.text_projection_layer.bias)
-    i = F.relu(I @ comb.image_projection_layer.weight.T + comb.image_projection_layer.bias)
+    img, txt = torch.randn(5, 8), torch.randn(5, 8)
+    t = F.relu(txt @ comb.text_projection_layer.weight.T + comb.text_projection_layer.bias)
+    i = F.relu(img @ comb.image_projection_layer.weight.T + comb.image_projection_layer.bias)
     z = torch.cat([t, i], -1)
     h = F.relu(z @ comb.combiner_layer.weight.T + comb.combiner_layer.bias)
     l1, l2 = comb.dynamic_scalar[0], comb.dynamic_scalar[3]
     lam = torch.sigmoid(F.relu(z @ l1.weight.T + l1.bias) @ l2.weight.T + l2.bias)
-    out = h @ comb.output_layer.weight.T + comb.output_layer.bias + lam * T + (1 - lam) * I
-    assert torch.allclose(comb(I, T), F.normalize(out, dim=-1), atol=1e-6)
+    out = h @ comb.output_layer.weight.T + comb.output_layer.bias + lam * txt + (1 - lam) * img
+    assert torch.allclose(comb(img, txt), F.normalize(out, dim=-1), atol=1e-6)
     # default widths are CLIP4Cir's ratios (2560 / 5120 for d = 640)
     wide = Combiner(feature_dim=10)
     assert (wide.projection_dim, wide.hidden_dim) == (40, 80)
@@ -112,18 +112,18 @@ def test_combiner_matches_hand_written_formula():
 def test_multilevel_levels_lambda_and_branch_weight():
     torch.manual_seed(1)
     comb = MultiLevelCombiner(feature_dim=8, projection_dim=16, hidden_dim=24).eval()
-    I, T, Ia = torch.randn(6, 8) * 3, torch.randn(6, 8) * 3, torch.randn(6, 8)
-    lv = comb.levels(I, T, Ia)
+    img, txt, img_aug = torch.randn(6, 8) * 3, torch.randn(6, 8) * 3, torch.randn(6, 8)
+    lv = comb.levels(img, txt, img_aug)
     assert torch.all((lv.lam > 0) & (lv.lam < 1))
-    assert torch.allclose(lv.low, F.normalize(I + T, dim=-1))
-    z = torch.cat([_mlp(T, comb.text_projection_layer), _mlp(I, comb.image_projection_layer)], -1)
+    assert torch.allclose(lv.low, F.normalize(img + txt, dim=-1))
+    z = torch.cat([_mlp(txt, comb.text_projection_layer), _mlp(img, comb.image_projection_layer)], -1)
     h = _mlp(z, comb.combiner_layer)
     assert torch.allclose(lv.z, z, atol=1e-6)
     assert torch.allclose(lv.mid, F.normalize(comb.combiner_proj(h), dim=-1), atol=1e-6)
-    assert torch.allclose(lv.high, comb.__class__.__mro__[1].forward(comb, I, T), atol=1e-6)  # = CLIP4Cir output
-    z_aug = torch.cat([_mlp(T, comb.text_projection_layer), _mlp(Ia, comb.image_projection_layer)], -1)
+    assert torch.allclose(lv.high, comb.__class__.__mro__[1].forward(comb, img, txt), atol=1e-6)  # = CLIP4Cir output
+    z_aug = torch.cat([_mlp(txt, comb.text_projection_layer), _mlp(img_aug, comb.image_projection_layer)], -1)
     assert torch.allclose(lv.z_aug, z_aug, atol=1e-6)
-    assert torch.allclose(lv.high_aug, comb.__class__.__mro__[1].forward(comb, Ia, T), atol=1e-6)
+    assert torch.allclose(lv.high_aug, comb.__class__.__mro__[1].forward(comb, img_aug, txt), atol=1e-6)
     w = comb.branch_weight()
     assert math.isclose(float(w.detach()), 2 / 3, rel_tol=1e-6)
     matched = comb.combine(lv, "matched")
@@ -135,8 +135,8 @@ def test_multilevel_levels_lambda_and_branch_weight():
 def test_training_dropout_shares_the_text_mask():
     torch.manual_seed(2)
     comb = MultiLevelCombiner(feature_dim=8, projection_dim=64, hidden_dim=24).train()
-    I, T = torch.randn(4, 8), torch.randn(4, 8)
-    lv = comb.levels(I, T, I.clone())
+    img, txt = torch.randn(4, 8), torch.randn(4, 8)
+    lv = comb.levels(img, txt, img.clone())
     p = comb.projection_dim
     assert torch.equal(lv.z[:, :p], lv.z_aug[:, :p])  # the same t' (same dropout mask)
     assert not torch.equal(lv.z[:, p:], lv.z_aug[:, p:])  # the image branch draws its own mask
@@ -163,11 +163,11 @@ def test_in_batch_ce_and_duplicate_target_mask():
 def test_multilevel_loss_is_the_paper_formula_and_sscl_targets_are_the_diagonal():
     torch.manual_seed(3)
     comb = MultiLevelCombiner(feature_dim=8, projection_dim=16, hidden_dim=24).eval()
-    I, T, Ia, Y = (torch.randn(6, 8) for _ in range(4))
-    lv = comb.levels(I, T, Ia)
+    img, txt, img_aug, target = (torch.randn(6, 8) for _ in range(4))
+    lv = comb.levels(img, txt, img_aug)
     crit = MultiLevelContrastiveLoss()
-    out = crit(lv, Y, comb.branch_weight())
-    y, w, lab = F.normalize(Y, dim=-1), comb.branch_weight(), torch.arange(6)
+    out = crit(lv, target, comb.branch_weight())
+    y, w, lab = F.normalize(target, dim=-1), comb.branch_weight(), torch.arange(6)
     s = 100.0
     want = (w * F.cross_entropy(s * lv.high @ y.T, lab) + (2 - w) * F.cross_entropy(s * lv.mid @ y.T, lab)
             + F.cross_entropy(s * lv.low @ y.T, lab)
@@ -177,14 +177,14 @@ def test_multilevel_loss_is_the_paper_formula_and_sscl_targets_are_the_diagonal(
     assert torch.allclose(total, want.squeeze(), atol=1e-4)
     assert {"scale", "scale_sl"} <= set(out) and len(list(crit.parameters())) == 2
     # SSCL: row i's positive is column i (its own augmented view); identical views -> ~0 loss
-    same = comb.levels(I, T, I)
-    sscl = crit(same, Y, comb.branch_weight())
+    same = comb.levels(img, txt, img)
+    sscl = crit(same, target, comb.branch_weight())
     assert float(sscl["sscl_high_loss"].detach()) < 1e-3
     perm = torch.tensor([1, 0, 2, 3, 4, 5])
     same.high_aug = same.high_aug[perm]
-    assert float(crit(same, Y, comb.branch_weight())["sscl_high_loss"].detach()) > 1.0
+    assert float(crit(same, target, comb.branch_weight())["sscl_high_loss"].detach()) > 1.0
     with pytest.raises(ValueError):
-        crit(comb.levels(I, T), Y, comb.branch_weight())
+        crit(comb.levels(img, txt), target, comb.branch_weight())
 
 
 def test_branch_weight_gradient_moves_toward_the_lower_ce_branch():

@@ -63,7 +63,8 @@ def test_eval_cli_relevance_kinds(tmp_path, cli):
     np.save(tmp_path / "rouge.npy", rouge)
     spice.tofile(tmp_path / "spice_raw.npy")  # TERAN's headerless layout
     code, _, err = cli("eval", "--sims", tmp_path / "sims.npy", "--relevance", tmp_path / "rouge.npy",
-                       "--relevance", f"spice={tmp_path / 'spice_raw.npy'}", "--json", tmp_path / "r.json", "--no-plots")
+                       "--relevance", f"spice={tmp_path / 'spice_raw.npy'}", "--json", tmp_path / "r.json",
+                       "--no-plots")
     assert code == 0, err
     record = json.loads((tmp_path / "r.json").read_text())
     m = record["metrics"]

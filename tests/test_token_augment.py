@@ -10,6 +10,7 @@ from test_data_path import write_cache
 
 from featvlr.cache.store import FeatureStore
 from featvlr.config import load_config
+from featvlr.core.errors import ConfigError
 from featvlr.data import CaptionBatches
 from featvlr.data.captions import augment_tokens, token_positions
 
@@ -98,5 +99,5 @@ def test_ranks_see_the_global_batch(cache):
 def test_config_ranges():
     assert load_config(None, ["data.token_dropout=0.2", "data.token_replace=0.1"]).data.token_dropout == 0.2
     for bad in ("data.token_dropout=1.0", "data.token_replace=-0.1"):
-        with pytest.raises(Exception):
+        with pytest.raises(ConfigError):
             load_config(None, [bad])

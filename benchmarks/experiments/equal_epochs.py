@@ -138,7 +138,8 @@ def table(results: dict[str, dict[int, dict[str, float]]], seeds: list[int]) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="demo")
-    ap.add_argument("--methods", nargs="+", default=["vse", "vse_hardest", "vse_infonce", "hrem", "covlr", "rvlr", "gls"])
+    ap.add_argument("--methods", nargs="+",
+                    default=["vse", "vse_hardest", "vse_infonce", "hrem", "covlr", "rvlr", "gls"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--runs", type=Path, default=ROOT / "bench_out" / "equal_epochs")
     ap.add_argument("--features", type=Path, default=None,

@@ -44,7 +44,9 @@ def encoded_split(n_images: int, d: int, device: torch.device, seed: int = 0):
              "mask": tmask, "global": F.normalize(torch.randn(n_texts, d, generator=g), dim=-1)}
     # Globals correlated with the ground truth, so shortlists are not random.
     texts["global"] = F.normalize(texts["global"] + 2 * images["global"].repeat_interleave(5, 0), dim=-1)
-    move = lambda x: {k: v.to(device) for k, v in x.items()}
+    def move(x):
+        return {k: v.to(device) for k, v in x.items()}
+
     return move(images), move(texts)
 
 

@@ -7,8 +7,9 @@ does not depend on training) into a ``--dim`` embedding. Galleries are generated
 unit vectors of ``--dim`` (default 1,000, 25,000 and 200,000 items); queries are noisy copies
 of gallery items, so the table also gives each index's top-10 overlap with exact search.
 Search is :func:`featvlr.inference.search.embedding_top_items` over a gallery checked once
-(what an embedding method's ``featvlr search`` runs on its gallery index) or :class:`featvlr.inference.FaissIndex` (built once per gallery,
-as the run's gallery index is; build time shown apart).
+(what an embedding method's ``featvlr search`` runs on its gallery index) or
+:class:`featvlr.inference.FaissIndex` (built once per gallery, as the run's gallery index is;
+build time shown apart).
 
     python -m benchmarks.speed.bench_search [--sizes 1000,25000,200000] [--dim 256]
         [--indexes exact,flat,ivf,hnsw] [--queries 200] [--threads 1]
@@ -97,7 +98,7 @@ def main() -> None:
         for kind in kinds:
             if kind == "exact":
                 build = 0.0
-                run = lambda x: embedding_top_items(x, g_t, args.k, gallery_finite=True)  # noqa: E731
+                run = lambda x, _g=g_t: embedding_top_items(x, _g, args.k, gallery_finite=True)  # noqa: E731
             else:
                 t0 = time.perf_counter()
                 index = FaissIndex(gallery, kind)

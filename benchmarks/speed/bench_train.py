@@ -58,7 +58,9 @@ def main() -> None:
         state = StepState(epoch=1)
         for b in prebuilt[:2]:  # warm-up
             loss = method(b, state)["contrastive_loss"]
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         t = time.perf_counter()
         for b in prebuilt:
             loss = method(b, state)["contrastive_loss"]

@@ -81,7 +81,8 @@ class FeatureStore:
             try:
                 self._h5 = h5py.File(self.path, "r")
             except OSError as exc:
-                raise InputError(self.path, f"not a readable HDF5 feature cache (truncated or corrupt?): {exc}") from None
+                raise InputError(self.path,
+                                 f"not a readable HDF5 feature cache (truncated or corrupt?): {exc}") from None
             self._pid = os.getpid()
         return self._h5
 
@@ -139,7 +140,8 @@ class FeatureStore:
         cached = self.__dict__.setdefault("_split_views", {})
         if name not in cached:
             if name not in self.splits():
-                raise InputError(self.path, f"no split {name!r} in the cache (it has: {', '.join(self.splits()) or 'none'})")
+                raise InputError(self.path,
+                                 f"no split {name!r} in the cache (it has: {', '.join(self.splits()) or 'none'})")
             cached[name] = StoreSplit(self, name)
         return cached[name]
 
@@ -151,7 +153,8 @@ class FeatureStore:
         if version is None:
             raise InputError(self.path, "not a featvlr feature cache (no format_version attribute)")
         if int(version) not in READABLE_VERSIONS:
-            raise InputError(self.path, f"cache format version {int(version)} is not one this featvlr reads {READABLE_VERSIONS}")
+            raise InputError(self.path,
+                             f"cache format version {int(version)} is not one this featvlr reads {READABLE_VERSIONS}")
         for split in self.splits():
             self._validate_split(split, sample_rows)
 
@@ -177,13 +180,16 @@ class FeatureStore:
                     raise InputError(self.path, f"texts/{split} lacks {key!r}")
             n_txt = txt["pooled"].shape[0]
             if txt["offsets"].shape != (n_txt + 1,):
-                raise InputError(self.path, f"texts/{split}/offsets has shape {txt['offsets'].shape}, expected ({n_txt + 1},)")
+                raise InputError(self.path,
+                                 f"texts/{split}/offsets has shape {txt['offsets'].shape}, expected ({n_txt + 1},)")
             if txt["image_index"].shape != (n_txt,):
-                raise InputError(self.path, f"texts/{split}/image_index has {txt['image_index'].shape[0]} rows, expected {n_txt}")
+                raise InputError(self.path,
+                                 f"texts/{split}/image_index has {txt['image_index'].shape[0]} rows, expected {n_txt}")
             if "tokens" in txt:
                 last = int(txt["offsets"][-1])
                 if last != txt["tokens"].shape[0]:
-                    raise InputError(self.path, f"texts/{split}: offsets end at {last} but tokens has {txt['tokens'].shape[0]} rows")
+                    raise InputError(self.path, f"texts/{split}: offsets end at {last} but tokens has "
+                                                f"{txt['tokens'].shape[0]} rows")
             self._check_finite(txt["pooled"], f"texts/{split}/pooled", sample_rows)
             if n_img is not None and n_txt:
                 index = np.asarray(txt["image_index"][:])

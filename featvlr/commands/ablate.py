@@ -32,8 +32,9 @@ def register(app: typer.Typer) -> None:
         storage: Optional[str] = typer.Option(
             None, "--storage", help="Optuna RDB URL of the grid's study, so that workers on several machines share "
                                     "the grid (postgresql://user@host/db) [default: sqlite in the ablation folder]."),
-        heartbeat: float = typer.Option(30, "--heartbeat", help="Seconds between a running run's heartbeats; a run "
-                                                               "silent for twice this is taken over by another worker."),
+        heartbeat: float = typer.Option(
+            30, "--heartbeat", help="Seconds between a running run's heartbeats; a run silent for twice this is "
+                                    "taken over by another worker."),
     ) -> None:
         """Train and evaluate the product of a grid and seeds (finished runs are skipped, interrupted
         ones resumed), then write one report: Markdown, CSV, plots and an HTML page. The grid is an

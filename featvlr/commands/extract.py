@@ -1,8 +1,9 @@
 """`featvlr extract`: cache frozen features of a dataset the user has on disk.
 
 Sub-commands are thin wrappers over :func:`featvlr.extract.precomp.extract_precomp`,
-:func:`featvlr.extract.images.extract_images` and :func:`featvlr.extract.composed.extract_composed`. Ctrl-C or SIGTERM stops an extract with one
-line saying that it left nothing behind (the cache is only renamed into place when complete).
+:func:`featvlr.extract.images.extract_images` and :func:`featvlr.extract.composed.extract_composed`.
+Ctrl-C or SIGTERM stops an extract with one line saying that it left nothing behind (the cache
+is only renamed into place when complete).
 """
 from __future__ import annotations
 

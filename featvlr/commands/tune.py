@@ -36,13 +36,15 @@ def register(app: typer.Typer) -> None:
                                   "tune.space]."),
         trials: int = typer.Option(20, "--trials", "-n", help="Trials this command adds to the study."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Tuning folder [default: runs/tune_<config>]."),
-        overrides: Optional[List[str]] = typer.Option(None, "--set", "-s", help="Override for every trial (repeatable)."),
+        overrides: Optional[List[str]] = typer.Option(None, "--set", "-s",
+                                                      help="Override for every trial (repeatable)."),
         storage: Optional[str] = typer.Option(
             None, "--storage", help="Optuna RDB URL of the study, e.g. postgresql://user@host/db for workers on "
                                     "several machines [default: sqlite in the tuning folder]."),
         study: Optional[str] = typer.Option(None, "--study", help="Study name [default: the tuning folder's name]."),
         seed: int = typer.Option(0, "--seed", help="Seed of the TPE sampler (of the worker that creates the study)."),
-        pruner: str = typer.Option("median", "--pruner", help="median, halving or none (on the dev metric, per epoch)."),
+        pruner: str = typer.Option("median", "--pruner",
+                                   help="median, halving or none (on the dev metric, per epoch)."),
         prune_startup: int = typer.Option(4, "--prune-startup", help="Finished trials before the median pruner acts."),
         prune_warmup: int = typer.Option(2, "--prune-warmup", help="First epoch at which a trial may be pruned."),
         heartbeat: float = typer.Option(30, "--heartbeat", help="Seconds between a running trial's heartbeats; a "

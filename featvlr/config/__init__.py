@@ -223,7 +223,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
             exc.key = exc.key or path
             raise
         if rule is not None:
-            check_value(kwargs[key], rule, path, lambda message: ConfigError(message, key=path))
+            check_value(kwargs[key], rule, path, lambda message, path=path: ConfigError(message, key=path))
     return cls(**kwargs)
 
 

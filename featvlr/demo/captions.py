@@ -62,21 +62,21 @@ def _caption(rng: np.random.Generator, sc: dict) -> str:
     place = choice(rng, SCENE_TABLE[sc["scene"]][1])
     if sc["relations"] and rng.random() < 0.6:
         s, rel, o = sc["relations"][int(rng.integers(len(sc["relations"])))]
-        S, O = noun_phrase(rng, objs[s]), noun_phrase(rng, objs[o])
-        R = _rel_phrase(rng, rel, objs[s])
+        subj, obj = noun_phrase(rng, objs[s]), noun_phrase(rng, objs[o])
+        phrase = _rel_phrase(rng, rel, objs[s])
         others = [i for i in range(len(objs)) if i not in (s, o)]
-        X = noun_phrase(rng, objs[choice(rng, others)], p_colour=0.3, p_size=0.1) if others else None
+        other = noun_phrase(rng, objs[choice(rng, others)], p_colour=0.3, p_size=0.1) if others else None
         verb = "is " if rel != "riding" else choice(rng, ("is ", ""))
-        t = int(rng.integers(8 if X else 6))
+        t = int(rng.integers(8 if other else 6))
         return _capitalise([
-            f"{S} {R} {O}",
-            f"there is {S} {R} {O}",
-            f"{S} {verb}{R} {O}",
-            f"{S} {R} {O} {where}",
-            f"a photo of {S} {R} {O}",
-            f"{where}, {S} {verb}{R} {O}",
-            f"{S} {R} {O} with {X} nearby",
-            f"{S} {R} {O} and {X} in the background",
+            f"{subj} {phrase} {obj}",
+            f"there is {subj} {phrase} {obj}",
+            f"{subj} {verb}{phrase} {obj}",
+            f"{subj} {phrase} {obj} {where}",
+            f"a photo of {subj} {phrase} {obj}",
+            f"{where}, {subj} {verb}{phrase} {obj}",
+            f"{subj} {phrase} {obj} with {other} nearby",
+            f"{subj} {phrase} {obj} and {other} in the background",
         ][t])
     k = min(len(objs), 1 + weighted(rng, (0.3, 0.45, 0.25)))
     first = 0 if rng.random() < 0.7 else int(rng.integers(len(objs)))

@@ -87,8 +87,8 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = DEMO_DEFAULTS["
     out = Path(out_dir)
     params = {
         "seed": seed, "n_train": n_train, "n_dev": n_dev, "n_test": n_test, "n_regions": n_regions,
-        "region_dim": region_dim, "visual_noise": visual_noise, "composed": bool(composed), "n_cirr_train": n_cirr_train,
-        "n_cirr_val": n_cirr_val, "n_cirr_test": n_cirr_test,
+        "region_dim": region_dim, "visual_noise": visual_noise, "composed": bool(composed),
+        "n_cirr_train": n_cirr_train, "n_cirr_val": n_cirr_val, "n_cirr_test": n_cirr_test,
         "cirr_pairs_per_set": dict(cirr_pairs_per_set if cirr_pairs_per_set is not None
                                    else DEMO_DEFAULTS["cirr_pairs_per_set"]),
         "global_dim": global_dim, "n_aug": n_aug,

@@ -310,10 +310,12 @@ def cross_score_sources(img, txt, sims, data, img_idx, txt_idx, score_fn, rerank
             return out
         i_ids = torch.arange(data.n_images) if img_idx is None else torch.as_tensor(img_idx)
         t_ids = torch.arange(data.n_texts) if txt_idx is None else torch.as_tensor(txt_idx)
-        for direction, (q_ids, g_ids), k in (("i2t", (i_ids, t_ids), shortlist[0]), ("t2i", (t_ids, i_ids), shortlist[1])):
+        for direction, (q_ids, g_ids), k in (("i2t", (i_ids, t_ids), shortlist[0]),
+                                             ("t2i", (t_ids, i_ids), shortlist[1])):
             queries = "images" if direction == "i2t" else "texts"
             if rerank_fn is not None:
-                fn = (lambda q, c, _queries=queries: rerank_fn(q, c, _queries))
+                def fn(q, c, _queries=queries):
+                    return rerank_fn(q, c, _queries)
             else:
                 fn = rerank_from_score_fn(score_fn, queries=queries)
             out[direction] = ShortlistRerankScores(out[direction], fn, k, query_ids=q_ids, gallery_ids=g_ids)

@@ -272,7 +272,8 @@ def extract_images(images: str | os.PathLike, annotations: str | os.PathLike, ba
     from featvlr.extract.text_encoder import TextEncoder
     from featvlr.extract.vision_backbone import VisionBackbone
 
-    bb = backbone if isinstance(backbone, VisionBackbone) else VisionBackbone(backbone, device=device, amp=dtype == "float16")
+    bb = (backbone if isinstance(backbone, VisionBackbone)
+          else VisionBackbone(backbone, device=device, amp=dtype == "float16"))
     encoder = (text_model if isinstance(text_model, TextEncoder)
                else TextEncoder(text_model, device=device, batch_size=text_batch_size))
     if workers is None:

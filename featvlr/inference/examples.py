@@ -13,8 +13,9 @@ GLS shortlist is a miss); uni-modal and mixed ones give each hit's relevance gra
 split's ROUGE-L relevance, the NDCG gain) next to the best 5 grades the gallery holds.
 Images are thumbnails when the cache records their folder (``sources["images_dir"]``), else
 their id and captions (for a composed split, whose images have none, the scene the demo
-generated, when the source folder has its ``truth/*_scenes.json``). The queries are drawn with ``numpy.random.default_rng(seed)``, so the same run
-and seed show the same queries. The page is one self-contained HTML file.
+generated, when the source folder has its ``truth/*_scenes.json``). The queries are drawn
+with ``numpy.random.default_rng(seed)``, so the same run and seed show the same queries. The
+page is one self-contained HTML file.
 """
 from __future__ import annotations
 
@@ -235,7 +236,8 @@ class _Page:
         style = ""
         if shade is not None:  # a relevance grade: the greener, the more relevant
             g = min(1.0, max(0.0, float(shade)))
-            style = f" style='border-color: rgba(46,157,75,{0.15 + 0.85 * g:.2f}); background: rgba(46,157,75,{0.25 * g:.2f})'"
+            style = (f" style='border-color: rgba(46,157,75,{0.15 + 0.85 * g:.2f}); "
+                     f"background: rgba(46,157,75,{0.25 * g:.2f})'")
         return (f"<div class='{cls}'{style}><div class='head'>{_e(head)}{' &#10003;' if truth else ''}</div>"
                 f"{inner}</div>")
 
@@ -265,8 +267,9 @@ class _Page:
         elif scenario == "i2t":
             query = self.image(q["image_row"], label="query")
         else:
+            modifier = _e(q["text"] or "(no raw text in the cache)")
             query = self.image(q["reference"], label="reference") + \
-                f"<div class='card mod'><div class='head'>modifier</div><div class='txt'>{_e(q['text'] or '(no raw text in the cache)')}</div></div>"
+                f"<div class='card mod'><div class='head'>modifier</div><div class='txt'>{modifier}</div></div>"
         show = self.text if scenario == "i2t" else self.image
         hits = [show(h["row"], truth=h["truth"], score=h["score"], label=f"#{n + 1}  {h['score']:+.3f}")
                 for n, h in enumerate(item["hits"])]

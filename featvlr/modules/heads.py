@@ -30,9 +30,9 @@ class TokenBatchNorm(nn.Module):
         self.over_padding = over_padding
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, l, c = x.shape
+        b, length, c = x.shape
         if self.over_padding:
-            return self._bn(x.reshape(b * l, c)).reshape(b, l, c)
+            return self._bn(x.reshape(b * length, c)).reshape(b, length, c)
         out = torch.zeros_like(x)
         out[mask] = self._bn(x[mask])
         return out

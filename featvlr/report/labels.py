@@ -76,7 +76,8 @@ def method_defaults(method: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - an unknown method just has no known defaults
         return {}
     out: dict[str, Any] = {}
-    for section, options in (("model", getattr(cls, "ModelOptions", None)), ("loss", getattr(cls, "LossOptions", None))):
+    for section, options in (("model", getattr(cls, "ModelOptions", None)),
+                             ("loss", getattr(cls, "LossOptions", None))):
         try:
             out.update(flatten_numbers({section: dataclasses.asdict(options())}))
         except TypeError:  # no options class, or one with required fields
@@ -147,7 +148,8 @@ def group_variants(runs: list[RunRecord], *, group_by: str | None = None, always
     if group_by is not None:
         for v in variants:
             value = v.flat.get(group_by)
-            v.label = format_value(value) if group_by == "method" else f"{short_keys([group_by])[group_by]}={format_value(value)}"
+            v.label = (format_value(value) if group_by == "method"
+                       else f"{short_keys([group_by])[group_by]}={format_value(value)}")
     else:
         _auto_labels(variants, always or [])
     _apply_overrides(variants, labels or {})

@@ -112,11 +112,12 @@ def rank_changes(baseline: Variant, other: Variant, *, top: int = 5) -> dict[str
         wins = [int(q) for q in order[:top] if delta[q] > 0]
         losses = [int(q) for q in np.argsort(delta, kind="stable")[:top] if delta[q] < 0]
 
-        def item(q: int) -> QueryChange:
+        def item(q: int, d=d, a=a, b=b) -> QueryChange:
             if d == "i2t":
                 return QueryChange(d, texts.image(q), texts.first_caption(q), a[q] + 1, b[q] + 1)
             gt = texts.image_of(q)
-            return QueryChange(d, texts.caption(q), texts.image(gt) if gt >= 0 else "(cache not found)", a[q] + 1, b[q] + 1)
+            return QueryChange(d, texts.caption(q), texts.image(gt) if gt >= 0 else "(cache not found)",
+                               a[q] + 1, b[q] + 1)
 
         out[d] = {"wins": [item(q) for q in wins], "losses": [item(q) for q in losses]}
     return out

@@ -126,8 +126,10 @@ class PairwiseScores(ScoreSource):
         self.score_fn = score_fn
         self.queries = queries
         self.device = torch.device(device)
-        img = as_index(image_index, device=self.device) if image_index is not None else torch.arange(n_images, device=self.device)
-        txt = as_index(text_index, device=self.device) if text_index is not None else torch.arange(n_texts, device=self.device)
+        img = (as_index(image_index, device=self.device) if image_index is not None
+               else torch.arange(n_images, device=self.device))
+        txt = (as_index(text_index, device=self.device) if text_index is not None
+               else torch.arange(n_texts, device=self.device))
         self.query_ids, self.gallery_ids = (img, txt) if queries == "images" else (txt, img)
         self.n_queries, self.n_gallery = len(self.query_ids), len(self.gallery_ids)
         self.gallery_chunk = int(gallery_chunk or self.n_gallery or 1)
@@ -139,7 +141,8 @@ class PairwiseScores(ScoreSource):
             g = self.gallery_ids[g0:g0 + self.gallery_chunk]
             part = self.score_fn(q, g) if self.queries == "images" else self.score_fn(g, q).t()
             if part.shape != (len(q), len(g)):
-                raise FeatvlrError(f"the score function returned shape {tuple(part.shape)}, expected {(len(q), len(g))}")
+                raise FeatvlrError(f"the score function returned shape {tuple(part.shape)}, "
+                                   f"expected {(len(q), len(g))}")
             parts.append(_float(part.detach()).to(self.device))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
@@ -177,7 +180,8 @@ class ShortlistRerankScores(ScoreSource):
         cand = self.gallery_ids[idx] if self.gallery_ids is not None else idx
         rescored = _float(self.rerank_fn(q, cand).detach()).to(self.device)
         if rescored.shape != idx.shape:
-            raise FeatvlrError(f"the re-rank function returned shape {tuple(rescored.shape)}, expected {tuple(idx.shape)}")
+            raise FeatvlrError(f"the re-rank function returned shape {tuple(rescored.shape)}, "
+                               f"expected {tuple(idx.shape)}")
         if not torch.isfinite(rescored).all():
             raise FeatvlrError("the re-rank function returned NaN or infinite scores")
         return torch.full_like(g, _NEG_INF).scatter_(1, idx, rescored)
@@ -203,7 +207,8 @@ def rerank_from_score_fn(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.
     return rerank
 
 
-def iter_blocks(source: ScoreSource, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Iterator[tuple[int, int, torch.Tensor]]:
+def iter_blocks(source: ScoreSource,
+                chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Iterator[tuple[int, int, torch.Tensor]]:
     """``(start, stop, block)`` over the source's queries, ``chunk_elements`` scores at a time;
     raises :class:`FeatvlrError` on NaN scores."""
     step = rows_per_block(source.n_gallery, chunk_elements)

@@ -86,7 +86,8 @@ def resume_command(run_dir: Path, world: int) -> str:
         if "--resume" not in args:
             args.append("--resume")
         return f"{prefix} {shlex.join(args)}"
-    return f"{prefix} {shlex.join(['train', '--config', str(run_dir / 'config.yaml'), '--out', str(run_dir), '--resume'])}"
+    args = ["train", "--config", str(run_dir / "config.yaml"), "--out", str(run_dir), "--resume"]
+    return f"{prefix} {shlex.join(args)}"
 
 
 def remove_fresh_run(run_dir: Path, existed: bool) -> None:

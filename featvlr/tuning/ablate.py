@@ -82,7 +82,9 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 
 def _fmt_value(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def variant_name(values: dict[str, Any]) -> str:

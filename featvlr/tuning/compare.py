@@ -113,7 +113,7 @@ def run_compare(methods: list[str], config_dir: str | Path, dataset: str, budget
             f"retraining it with seeds {','.join(map(str, seeds))}")
         tuned = _plan(path, extra + progress_set + best_sets, seeds, out / m / "tuned")
         plain = _plan(path, extra + progress_set, seeds, out / m / "untuned") if untuned else []
-        for i, run in enumerate(tuned + plain):
+        for run in tuned + plain:
             status = _run_one(run, label=f"{m}/{run.run_dir.parent.name}/seed{run.seed}")
             if status["status"] == "failed":
                 say(f"{m}: {run.run_dir} failed: {status['error']}")

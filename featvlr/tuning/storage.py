@@ -93,7 +93,8 @@ def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
                 time.sleep(0.5 + attempt)
     except ModuleNotFoundError as exc:
         hint = " (pip install featvlr[postgres])" if "psycopg" in str(exc) else ""
-        raise ConfigError(f"--storage {masked(given)}: its database driver is not installed: {exc.name}{hint}") from None
+        raise ConfigError(f"--storage {masked(given)}: its database driver is not installed: "
+                          f"{exc.name}{hint}") from None
     except Exception as exc:  # sqlalchemy's errors: bad URL, refused connection, bad password
         if "Failed to import DB access module" in str(exc):
             raise ConfigError(f"--storage {masked(given)}: its database driver is not installed "

@@ -72,8 +72,9 @@ def open_study(url: str, name: str, *, sampler, pruner=None, identity: dict[str,
             differ = [k for k in identity if k in recorded and recorded[k] != identity[k]]
             if differ:
                 k = differ[0]
-                raise ConfigError(f"study {name!r} in {masked(url)} was started with another {k} "
-                                  f"({recorded[k]} vs {identity[k]} now); choose another --out or --study")
+                raise ConfigError(
+                    f"study {name!r} in {masked(url)} was started with another {k} "
+                    f"({recorded[k]} vs {identity[k]} now); choose another --out or --study") from None
     return study, created
 
 
