@@ -43,12 +43,12 @@ def encode_latency(dim: int, n: int) -> list[float]:
     from featvlr.config import load_config
     from featvlr.extract.text_encoder import TextEncoder
     from featvlr.inference.text import captions_batch
-    from featvlr.methods import get_method
+    from featvlr.methods import create_method
     from featvlr.methods.base import FeatureDims
 
     enc = TextEncoder(device="cpu", batch_size=1)
     cfg = load_config(None, ["method=vse", f"model.embed_dim={dim}"])
-    head = get_method("vse")(cfg.model, cfg.loss, FeatureDims(region_dim=2048, n_regions=36, text_dim=enc.dim)).eval()
+    head = create_method(cfg, dims=FeatureDims(region_dim=2048, n_regions=36, text_dim=enc.dim)).eval()
     words = "a dog running on the beach with a red ball near two children and a boat".split()
     rng = np.random.default_rng(0)
     out = []
