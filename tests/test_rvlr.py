@@ -187,6 +187,7 @@ def test_run_teacher_is_frozen_and_looked_up_by_row(cache, vse_run, tmp_path):
     path = Path(cfg.model.teacher_cache)
     assert path.parent == Path(str(cache) + ".teachers") and cfg.model.teacher_dim == 32
     method = create_method(cfg, dims=feature_dims(FeatureStore(cache).split("train")))
+    method.attach_runs(load_method)  # what the trainer does once the method is built
     batch = first_batch(cache)
     teacher, _ = load_method(vse_run)
     with torch.no_grad():

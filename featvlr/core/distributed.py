@@ -24,6 +24,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from featvlr.core.errors import Interrupted
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -60,11 +62,18 @@ def init_from_env(device_type: str) -> bool:
 @contextlib.contextmanager
 def process_group(device_type: str):
     """The default process group for the block when launched by torchrun (:func:`init_from_env`),
-    destroyed when the block ends normally and created it (after an error the process ends, and
-    :class:`FailureWatch` still needs the group's store). Yields whether the run is distributed."""
+    destroyed at the end of the block that created it: when the block ends normally or is
+    stopped by a signal (every rank stops at the same step), not after an error (the process
+    ends, and :class:`FailureWatch` still needs the group's store). Yields whether the run is
+    distributed."""
     owns = not is_distributed()
     distributed = init_from_env(device_type)
-    yield distributed
+    try:
+        yield distributed
+    except Interrupted:
+        if owns and is_distributed():
+            dist.destroy_process_group()
+        raise
     if owns and is_distributed():
         dist.destroy_process_group()
 

@@ -1,8 +1,8 @@
 """Evaluation: the papers' protocols over embeddings, score matrices and methods.
 
-Layers, each module importing only those above it (and :mod:`featvlr.retrieval`,
-:mod:`featvlr.retrieval.metrics`, :mod:`featvlr.data`, :mod:`featvlr.cache.store`; never the trainer, the
-tasks or the commands):
+Layers, each module importing only those above it (and the layers below evaluation:
+:mod:`featvlr.core`, :mod:`featvlr.cache`, :mod:`featvlr.retrieval`, :mod:`featvlr.data`,
+:mod:`featvlr.config`; never the tasks, inference, the trainer or the commands):
 
 - :mod:`~featvlr.evaluation.options`: scenario names, the folds rule, :class:`EvalOptions`.
 - :mod:`~featvlr.evaluation.split_data`: caption -> image index and relevance of a split.

@@ -26,8 +26,11 @@ masks, concatenated along dim 0 by the evaluator) and ``score(images, texts)`` g
 chooses global search then local re-ranking (GLS).
 
 Stages: ``stages(config, run_dir)`` declares prerequisite runs (GLS's stage 1, RVLR's
-teacher) that the trainer trains, resumes or reuses first; ``prepare(config, run_dir)`` then
-resolves the config to point at them. Methods never import the trainer.
+teacher) that the trainer trains, resumes or reuses first; ``prepare(config, run_dir,
+load_run)`` then resolves the config to point at them, and ``attach_runs(load_run)`` takes
+what the built method needs from other runs (weights, a frozen reference). ``load_run``
+(:data:`LoadRun`) is handed down by the trainer: methods never import the trainer, the
+registry or the configs, and never load a run by themselves.
 
 The task (``cross_modal`` or ``composed``, :mod:`featvlr.tasks`) builds the batches, checks
 the splits and runs the evaluation; ``ddp_options()`` gives the method's

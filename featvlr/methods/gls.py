@@ -305,7 +305,9 @@ class GLS(Method):
             t, tm = _gather_tokens(F.normalize(t, dim=-1), tm)
             return {"alignment_loss": self._hinge(lo.stage1_scale * self.alignment(v, vm, t, tm), ids, hardest)}
         if not bool(self.stage1_ready):
-            where = f" ({self.model_opts.stage1!r} does not exist)" if self.model_opts.stage1 else ""
+            stage1 = self.model_opts.stage1
+            where = (f" ({stage1!r} does not exist)" if stage1 and not Path(stage1).exists()
+                     else f" ({stage1!r} was not attached: attach_runs)" if stage1 else "")
             raise ConfigError(f"gls stage 2 needs a trained stage 1{where}: set model.stage1 to a stage-1 run "
                               "or leave it empty so that `featvlr train` trains one first")
         with torch.no_grad():  # stage 1 is frozen: its tokens are detached inputs

@@ -283,7 +283,6 @@ class RVLR(TowerEncoders, Method):
                        if loss.structure_space == "fused" else None)
         self._table: TeacherTable | None = None
         self.starts_from_teacher = model.teacher != "features" and model.init_from_teacher
-        self._pending_init = self.starts_from_teacher
 
     # -- preparation ---------------------------------------------------------------------
     @classmethod
@@ -313,6 +312,12 @@ class RVLR(TowerEncoders, Method):
         path = teacher_cache_path(ckpt, config.data.cache, config.data.train_split)
         model = dataclasses.replace(model, teacher=teacher, teacher_cache=str(path), teacher_dim=teacher_dim(path))
         return dataclasses.replace(config, model=model)
+
+    def attach_runs(self, load_run: LoadRun) -> None:
+        """With ``model.init_from_teacher``, the student starts from the teacher run's encoders
+        (before a ``--resume`` restores its own weights over them)."""
+        if self.starts_from_teacher:
+            self._init_from_teacher()
 
     def _init_from_teacher(self) -> None:
         from featvlr.core.checkpoint import load_checkpoint, resolve_checkpoint
@@ -349,9 +354,6 @@ class RVLR(TowerEncoders, Method):
         return [t] if relation == "text" else [v] if relation == "image" else [t, v]
 
     def training_step(self, batch, state: StepState):
-        if self._pending_init and state.step == 0:
-            self._init_from_teacher()
-        self._pending_init = False
         lo = self.loss_opts
         v_all = gather_with_grad(self.encode_images(batch))
         t_all = gather_with_grad(self.encode_texts(batch))

@@ -85,7 +85,6 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
-
 @dataclass
 class RunState:
     """What the stages of one run share: its config and place, the method and its optimiser,

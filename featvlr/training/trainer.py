@@ -17,8 +17,9 @@ epoch and RNG state. A NaN or inf loss stops the run and keeps the last good che
 when the batch's own inputs are not finite, the error names the cache rows instead.
 At the end the best checkpoint is evaluated on the test split (``eval/test.json``).
 
-The loop reads top to bottom in named stages: :func:`setup` (checks, prerequisite runs, the
-method and its optimiser), :func:`restore` (``--resume``), :func:`run_epoch` (one pass over the
+The loop reads top to bottom in named stages: :func:`check_run_folder`, the method's
+prerequisite runs (:func:`run_stage`), :func:`setup` (the resolved config, the method and its
+optimiser), :func:`restore` (``--resume``), :func:`run_epoch` (one pass over the
 batches, :func:`train_step` each), :func:`end_of_epoch` (dev evaluation, checkpoints, the log
 line) and :func:`final_test`. A :class:`RunState` carries what they share.
 

@@ -43,15 +43,24 @@ _CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key v
 
 @contextlib.contextmanager
 def _creation_lock(url: str):
-    """For a SQLite file, an exclusive lock on ``<file>.lock`` while the storage opens (and
-    creates its tables): workers on one machine never race to create them."""
-    path = url.split(":///", 1)[-1] if url.startswith("sqlite") else ""
-    if not path or path == ":memory:":
+    """For a SQLite file that does not exist yet, an exclusive lock on ``<file>.lock`` while the
+    storage opens and creates its tables, so workers on one machine never race to create them.
+    An existing file (a report, a second worker later) or a folder that cannot hold the lock
+    opens without it; an in-memory database needs none."""
+    path = url.split("://", 1)[-1].lstrip("/") if url.startswith("sqlite") else ""
+    path = "/" + path if url.startswith("sqlite:////") else path
+    path = path.split("?", 1)[0]
+    if not path or path == ":memory:" or Path(path).exists():
         yield
         return
-    import fcntl
+    try:
+        import fcntl
 
-    with open(f"{path}.lock", "a") as handle:
+        handle = open(f"{path}.lock", "a")
+    except (ImportError, OSError):  # no POSIX locks here, or a read-only folder
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
