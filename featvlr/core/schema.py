@@ -3,9 +3,10 @@
 The config dataclasses (:mod:`featvlr.config`) and every method's ``ModelOptions`` /
 ``LossOptions`` declare what values a field takes; :func:`featvlr.config.build_dataclass`
 checks them when a config is loaded, so a bad value is refused before any work starts,
-with the key and where it came from; :func:`check_fields` applies the same rules to an
-options object built in code (a method checks its options so when it is constructed).
-Methods do not check these ranges and choices again themselves.
+with the key and where it came from; :func:`check_fields` applies the same rules, and the
+types of the fields' annotations (:func:`check_type`), to an options object built in code (a
+method checks its options so when it is constructed). Methods do not check these ranges and
+choices again themselves. A field that declares a rule never takes ``None``.
 
 Example::
 
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import types
+import typing
 from typing import Any, Callable
 
 # The metadata key that holds a field's :class:`Rule`.
@@ -92,24 +96,74 @@ def rule_of(f: dataclasses.Field) -> Rule | None:
 
 def check_value(value: Any, rule: Rule, where: str, error: Callable[[str], Exception]) -> None:
     """Raise ``error(message)`` when ``value`` (or an item of a list value) breaks ``rule``."""
-    items = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and rule.nonempty and not value:
+    is_list = isinstance(value, (list, tuple))
+    items = value if is_list else [value]
+    if is_list and rule.nonempty and not value:
         raise error(f"{where}: expected a non-empty list of {rule.describe()}")
     for i, item in enumerate(items):
-        if item is None or rule.accepts(item):
+        if item is not None and rule.accepts(item):
             continue
-        at = f"{where}[{i}]" if isinstance(value, list) else where
+        at = f"{where}[{i}]" if is_list else where
         raise error(f"{at}: expected {rule.describe()}, got {item!r}")
 
 
+def check_type(value: Any, tp: Any, where: str, error: Callable[[str], Exception]) -> None:
+    """Raise ``error(message)`` when ``value`` is not of the annotated type ``tp``, in the
+    words of the config loader: ``int`` takes an integer (no bool; an integral float such
+    as ``16.0`` passes), ``float`` a number (an int too), ``str`` a string, ``bool`` a bool,
+    ``list[...]`` / ``tuple[...]`` a list or tuple whose items are checked, ``X | None``
+    also ``None``. Other annotations (``Any``, mappings, dataclasses) are not checked."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return
+        errors: list[Exception] = []
+        for arg in args:
+            try:
+                check_type(value, arg, where, error)
+                return
+            except Exception as exc:  # ``error`` may build any exception type
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise error(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = typing.get_args(tp)
+        if len(inner) == 1 or (len(inner) == 2 and inner[1] is Ellipsis):  # list[X], tuple[X, ...]
+            for i, item in enumerate(value):
+                check_type(item, inner[0], f"{where}[{i}]", error)
+        return
+    is_bool = isinstance(value, bool)
+    if tp is bool and not is_bool:
+        raise error(f"{where}: expected true/false, got {value!r}")
+    if tp is int and (is_bool or not (isinstance(value, numbers.Integral)
+                                      or isinstance(value, float) and value.is_integer())):
+        raise error(f"{where}: expected an integer, got {value!r}")
+    if tp is float and (is_bool or not isinstance(value, numbers.Real)):
+        raise error(f"{where}: expected a number, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise error(f"{where}: expected a string, got {value!r}")
+
+
 def check_fields(obj: Any, where: str, error: Callable[[str, str], Exception]) -> None:
-    """Check every field of the dataclass instance ``obj`` that declares a :class:`Rule`:
+    """Check every field of the dataclass instance ``obj``: its type against the field's
+    annotation (:func:`check_type`), then the field's :class:`Rule` when it declares one.
     ``error(message, key)`` is raised for the first bad one, ``key`` being ``<where>.<field>``
     (nothing is checked on an object that is no dataclass instance)."""
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         return
+    try:
+        hints = typing.get_type_hints(type(obj))
+    except Exception:  # an annotation that does not resolve is left unchecked
+        hints = {}
     for f in dataclasses.fields(obj):
+        key = f"{where}.{f.name}"
+        value = getattr(obj, f.name)
+        if f.name in hints:
+            check_type(value, hints[f.name], key, lambda message, key=key: error(message, key))
         rule = rule_of(f)
         if rule is not None:
-            key = f"{where}.{f.name}"
-            check_value(getattr(obj, f.name), rule, key, lambda message, key=key: error(message, key))
+            check_value(value, rule, key, lambda message, key=key: error(message, key))

@@ -1,5 +1,9 @@
 """Embedding a store split with a method: every image and text (cross-modal), or every
-composed query and gallery image (composed), in split row order, the method in eval mode."""
+composed query and gallery image (composed), in split row order, the method in eval mode.
+
+The first batch of each side is checked for the keys the method's encoders read
+(:func:`check_encoder_batch`), so a cache that lacks them (pooled text vectors only, no
+regions) is one error naming the key and where it comes from."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,7 +14,23 @@ import torch
 from featvlr.core.errors import FeatvlrError
 from featvlr.data import iter_image_batches, iter_text_batches
 from featvlr.data.composed import ComposedQueries, iter_query_batches, read_queries
+from featvlr.methods.base import IMAGE_KEYS, TEXT_KEYS
 from featvlr.retrieval import as_index
+
+
+def check_encoder_batch(method: Any, batch: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Raise :class:`~featvlr.core.errors.ConfigError` when ``batch`` (an image-only or a
+    text-only batch: ``keys`` is :data:`~featvlr.methods.base.IMAGE_KEYS` or
+    :data:`~featvlr.methods.base.TEXT_KEYS`) lacks one of ``keys`` that the method declares
+    in ``batch_keys`` (:meth:`~featvlr.methods.base.Method.check_batch`). Keys that only
+    training options ask for (``required_batch_keys``, e.g. ``global_image`` for a loss's
+    reference features) are not asked of evaluation batches; an object without
+    ``check_batch`` is not checked."""
+    check = getattr(method, "check_batch", None)
+    if check is None:
+        return
+    declared = set(getattr(method, "batch_keys", ()))
+    check(batch, keys=tuple(k for k in keys if k in declared))
 
 
 def concat_outputs(parts: list[Any]) -> Any:
@@ -50,9 +70,14 @@ def _reorder(out: Any, ids: torch.Tensor | None, n: int) -> Any:
     return out[inv.to(out.device)]
 
 
-def _run_encoder(encode: Callable[[dict], Any], batches, id_key: str, n: int) -> Any:
+def _run_encoder(encode: Callable[[dict], Any], batches, id_key: str, n: int,
+                 check: Callable[[dict], None] | None = None) -> Any:
+    """``encode`` over ``batches``, concatenated in row order; ``check`` is called on the
+    first batch before anything is encoded."""
     outs, ids = [], []
     for batch in batches:
+        if check is not None and not outs:
+            check(batch)
         outs.append(encode(batch))
         if id_key in batch:
             ids.append(as_index(batch[id_key]).cpu())
@@ -74,14 +99,17 @@ def embed_split(method: Any, split: Any, *, batch_size: int = 512, device: str |
     Returns:
         ``(images, texts)``: ``[n_images, d]`` and ``[n_texts, d]`` tensors in split row order
         (for pairwise methods, dicts of tensors concatenated along dim 0).
+
+    Raises:
+        ConfigError: the split lacks features the encoders read (:func:`check_encoder_batch`).
     """
     was_training = method.training
     method.eval()
     try:
         images = _run_encoder(method.encode_images, iter_image_batches(split, batch_size, device),
-                              "image_ids", split.n_images)
+                              "image_ids", split.n_images, lambda b: check_encoder_batch(method, b, IMAGE_KEYS))
         texts = _run_encoder(method.encode_texts, iter_text_batches(split, batch_size, device, max_tokens),
-                             "text_ids", split.n_texts)
+                             "text_ids", split.n_texts, lambda b: check_encoder_batch(method, b, TEXT_KEYS))
     finally:
         method.train(was_training)
     return images, texts

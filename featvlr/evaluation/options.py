@@ -8,7 +8,8 @@ derives them from a run config, :func:`protocol_folds` is the one folds rule and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from featvlr.core.errors import FeatvlrError
@@ -66,6 +67,18 @@ def protocol_folds(config: Any, *, final: bool = True) -> tuple[int, ...]:
     return (1,) if f == 1 else (1, f)
 
 
+def int_tuple(value: int | Iterable[int], what: str) -> tuple[int, ...]:
+    """An integer or a sequence of integers as a tuple of ints: ``5`` -> ``(5,)``,
+    ``[1, 5]`` -> ``(1, 5)``; anything else is a :class:`FeatvlrError` naming ``what``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return (int(value),)
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
+        items = tuple(value)
+        if all(isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() for v in items):
+            return tuple(int(v) for v in items)
+    raise FeatvlrError(f"{what}: expected an integer or a sequence of integers, got {value!r}")
+
+
 COCO_FIRST_IMAGES = 1000
 
 
@@ -81,6 +94,9 @@ def protocol_first_images(config: Any, *, final: bool = True) -> int:
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """The protocol knobs of one evaluation.
+
+    ``folds``, ``ks`` and ``ndcg_ks`` take an integer or a sequence of them and are stored
+    as tuples of ints (``folds=5`` is ``folds=(5,)``).
 
     Attributes:
         folds: i2t/t2i folds, e.g. ``(1, 5)`` (COCO 5K and 1K).
@@ -122,6 +138,8 @@ class EvalOptions:
     geometry_block: int = 128
 
     def __post_init__(self) -> None:
+        for name in ("folds", "ks", "ndcg_ks"):
+            object.__setattr__(self, name, int_tuple(getattr(self, name), name))
         if self.backend not in BACKENDS:
             raise FeatvlrError(f"unknown backend {self.backend!r} ({', '.join(BACKENDS)})")
         if self.composed_protocol not in ("auto",) + COMPOSED_PROTOCOLS:

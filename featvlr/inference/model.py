@@ -128,9 +128,14 @@ class RetrievalModel:
             ``[len(texts), d]`` L2-normalised embeddings on ``device`` (a pairwise method's
             dict of padded token tensors).
         """
+        from featvlr.evaluation.embed import check_encoder_batch
+        from featvlr.methods.base import TEXT_KEYS
+
         if self.task != "cross_modal":
             raise FeatvlrError(f"method {self.method.name!r} is composed: use encode_queries")
-        return self.method.encode_texts(self.text_batch(texts, split))
+        batch = self.text_batch(texts, split)
+        check_encoder_batch(self.method, batch, TEXT_KEYS)  # a cache of pooled vectors only: one error
+        return self.method.encode_texts(batch)
 
     @torch.no_grad()
     def encode_images(self, rows: Any = None, *, split: str = "test", regions: Any = None, lengths: Any = None,
@@ -149,6 +154,8 @@ class RetrievalModel:
             ``[B, d]`` embeddings on ``device`` (a pairwise method's dict of tensors).
         """
         from featvlr.data import move_to, region_batch, to_tensors
+        from featvlr.evaluation.embed import check_encoder_batch
+        from featvlr.methods.base import IMAGE_KEYS
 
         batch: dict[str, np.ndarray] = {}
         if regions is not None or global_features is not None:
@@ -169,7 +176,9 @@ class RetrievalModel:
             if sp.has(f"images/{sp.name}/global"):
                 batch["global_image"] = sp.global_features(rows).astype(np.float32, copy=False)
             batch["image_ids"] = rows
-        return self.method.encode_images(move_to(to_tensors(batch), self.device))
+        tensors = move_to(to_tensors(batch), self.device)
+        check_encoder_batch(self.method, tensors, IMAGE_KEYS)  # e.g. a cache without regions: one error
+        return self.method.encode_images(tensors)
 
     @torch.no_grad()
     def encode_queries(self, references: Sequence[Any], modifiers: Sequence[str], *, split: str = "test"

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import importlib
 import pkgutil
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,7 +80,9 @@ def get_method(name: str) -> type:
 
 def _options(cls: type, given: Any, where: str) -> Any:
     """``given`` options of the dataclass ``cls``: ``None`` for the defaults, a mapping of
-    fields to change, or an instance (used as it is)."""
+    fields to change, or an instance (used as it is). In a mapping, an integral float given
+    to an ``int`` field becomes that integer, as when a config loads; every other value is
+    passed as it is (its type and the field's rule are checked when the method is built)."""
     if given is None:
         return cls()
     if isinstance(given, Mapping):
@@ -89,7 +92,12 @@ def _options(cls: type, given: Any, where: str) -> Any:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"unknown config key '{where}.{key}'{hint}", key=f"{where}.{key}")
-        return cls(**given)
+        try:
+            hints = typing.get_type_hints(cls)
+        except Exception:  # an annotation that does not resolve: values are passed as they are
+            hints = {}
+        return cls(**{key: int(value) if hints.get(key) is int and isinstance(value, float) and value.is_integer()
+                      else value for key, value in given.items()})
     return given
 
 
