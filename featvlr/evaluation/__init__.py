@@ -2,7 +2,8 @@
 
 Layers, each module importing only those above it (and the layers below evaluation:
 :mod:`featvlr.core`, :mod:`featvlr.cache`, :mod:`featvlr.retrieval`, :mod:`featvlr.data`,
-:mod:`featvlr.config`; never the tasks, inference, the trainer or the commands):
+:mod:`featvlr.methods` (the method contract), :mod:`featvlr.config`; never the tasks,
+inference, the trainer or the commands):
 
 - :mod:`~featvlr.evaluation.options`: scenario names, the folds rule, :class:`EvalOptions`.
 - :mod:`~featvlr.evaluation.split_data`: caption -> image index and relevance of a split.
