@@ -180,13 +180,14 @@ def write_compare(out: Path, rows: dict[str, dict[str, Any]], methods: list[str]
     for s in seeds:
         md.append(f"| {s} | " + " | ".join(f"{per_seed[m][s]:.2f}" if s in per_seed[m] else "—" for m in methods)
                   + " |")
+    md += ["", f"## Paired differences against tuned {base} (test {metric}, by seed)", "",
+           "| difference | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | better on |",
+           "|---|" + "---|" * (len(seeds) + 2)]
     for m in methods[1:]:
-        common = sorted(set(per_seed[m]) & set(per_seed[base]))
-        diffs = [per_seed[m][s] - per_seed[base][s] for s in common]
-        wins = sum(d > 0 for d in diffs)
-        md.append(f"| {m} − {base} | " + ", ".join(f"{d:+.2f}" for d in diffs)
-                  + f" (mean {np.mean(diffs) if diffs else float('nan'):+.2f}; better on {wins} of {len(diffs)} "
-                  "seeds) |" + " |" * (len(methods) - 1))
+        diff = {s: per_seed[m][s] - per_seed[base][s] for s in seeds if s in per_seed[m] and s in per_seed[base]}
+        wins = sum(d > 0 for d in diff.values())
+        md.append(f"| {m} − {base} | " + " | ".join(f"{diff[s]:+.2f}" if s in diff else "—" for s in seeds)
+                  + f" | {np.mean(list(diff.values())) if diff else float('nan'):+.2f} | {wins} of {len(diff)} |")
     atomic_write_text(out / "compare.md", "\n".join(md) + "\n")
     atomic_write_text(out / "compare.json", json.dumps(summary, indent=1, default=str))
     labels, run_dirs = {}, []
