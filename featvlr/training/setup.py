@@ -85,6 +85,11 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
+def amp_enabled(cfg: Config, device: torch.device) -> bool:
+    """Mixed precision runs with ``train.amp`` on CUDA only."""
+    return cfg.train.amp and device.type == "cuda"
+
+
 @dataclass
 class RunState:
     """What the stages of one run share: its config and place, the method and its optimiser,
@@ -126,7 +131,7 @@ class RunState:
 
     @property
     def use_amp(self) -> bool:
-        return self.cfg.train.amp and self.device.type == "cuda"
+        return amp_enabled(self.cfg, self.device)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -208,7 +213,7 @@ def _optimiser(cfg: Config, method: Method, steps_per_epoch: int, device: torch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, schedule=tr.schedule, warmup_steps=tr.warmup_steps, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, lr_steps=tr.lr_steps, lr_gamma=tr.lr_gamma))
-    use_amp = tr.amp and device.type == "cuda"
+    use_amp = amp_enabled(cfg, device)
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     return optimizer, scheduler, scaler, amp_dtype

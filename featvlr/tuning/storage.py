@@ -41,16 +41,25 @@ def _with_driver(url: str) -> str:
 _CREATION_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (SQLAlchemy's reading of it); None for another
+    database or an in-memory one."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
 @contextlib.contextmanager
 def _creation_lock(url: str):
     """For a SQLite file that does not exist yet, an exclusive lock on ``<file>.lock`` while the
     storage opens and creates its tables, so workers on one machine never race to create them.
     An existing file (a report, a second worker later) or a folder that cannot hold the lock
     opens without it; an in-memory database needs none."""
-    path = url.split("://", 1)[-1].lstrip("/") if url.startswith("sqlite") else ""
-    path = "/" + path if url.startswith("sqlite:////") else path
-    path = path.split("?", 1)[0]
-    if not path or path == ":memory:" or Path(path).exists():
+    path = _sqlite_file(url)
+    if path is None or path.exists():
         yield
         return
     try:
@@ -82,12 +91,10 @@ def open_storage(url: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
     given, url = url, _with_driver(url)
     if url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 120}}
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-    elif url.startswith("postgresql"):
-        engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    elif url.startswith("mysql"):
+        path = _sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith(("postgresql", "mysql")):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
         for attempt in range(6):
